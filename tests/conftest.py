@@ -1,0 +1,52 @@
+"""Test setup: the real ComfyUI host from .comfy-host (see scripts/setup_host.sh), on the CPU.
+
+In-process tests import ComfyUI as a library and load this pack the way ComfyUI does (a package
+from the checkout's __init__.py). Server tests (marked `server`) start ComfyUI's main.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = Path(os.environ.get("RLG_HOST_DIR", ROOT / ".comfy-host"))
+COMFY_DIR = HOST / "ComfyUI"
+PACK_NAME = "comfyui_rlg"
+
+if not (COMFY_DIR / "main.py").exists():
+    raise pytest.UsageError(f"No ComfyUI host at {COMFY_DIR}: run `make test` (or scripts/setup_host.sh) first.")
+
+sys.path.insert(0, str(COMFY_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = True
+comfy.cli_args.args.deterministic = True
+
+import comfy.model_management  # noqa: E402,F401  (reads args.cpu at import)
+
+
+def _load_pack():
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(
+        PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_load_pack()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "server: starts the ComfyUI server (slow end-to-end tests)")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")

@@ -1,0 +1,124 @@
+"""Helpers for in-process tests on the real ComfyUI: tiny models, conds, sampling, probes."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+
+import comfy.lora
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+import comfy.sd
+import comfy.utils
+
+import tiny_models as tm
+from comfyui_rlg.nodes.apply import apply_rlg  # noqa: F401  (re-exported for tests)
+
+
+@functools.lru_cache(maxsize=None)
+def _state_dict(family: str, seed: int, rl_seed: int | None) -> dict:
+    base = tm.tiny_sd3_state_dict(seed) if family == "sd3" else tm.tiny_sd15_state_dict(seed)
+    return tm.perturbed(base, rl_seed) if rl_seed is not None else base
+
+
+def load_model(family: str = "sd3", seed: int = 0, rl_seed: int | None = None):
+    """A freshly loaded ModelPatcher (its own module), as UNETLoader would give."""
+    return comfy.sd.load_diffusion_model_state_dict(dict(_state_dict(family, seed, rl_seed)))
+
+
+def with_lora(model, lora_seed: int = 7, strength: float = 1.0, match: str = "attn"):
+    """model -> LoraLoaderModelOnly, the stock way: a clone sharing the module."""
+    sd = {k: v for k, v in model.model.diffusion_model.state_dict().items()}
+    lora = tm.lora_for(sd, lora_seed, match=match)
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    patches = comfy.lora.load_lora(lora, key_map)
+    patched = model.clone()
+    loaded = patched.add_patches(patches, strength)
+    assert loaded, "the test LoRA matched no key"
+    return patched
+
+
+def conds(family: str = "sd3", batch: int = 1, seed: int = 0):
+    """(positive, negative) in ComfyUI's CONDITIONING format, without a text encoder."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(2):
+        if family == "sd3":
+            ctx = torch.randn(batch, 8, tm.SD3_CONTEXT_DIM, generator=gen)
+            out.append([[ctx, {"pooled_output": torch.randn(batch, tm.SD3_POOLED_DIM, generator=gen)}]])
+        else:
+            out.append([[torch.randn(batch, 8, tm.SD15_CONTEXT_DIM, generator=gen), {}]])
+    return out[0], out[1]
+
+
+def latent(family: str = "sd3", batch: int = 1, size: int = 8) -> torch.Tensor:
+    channels = tm.SD3_LATENT_CHANNELS if family == "sd3" else tm.SD15_LATENT_CHANNELS
+    return torch.zeros(batch, channels, size, size)
+
+
+def ksample(model, family="sd3", batch=1, cfg=3.0, sampler="euler", scheduler="simple", steps=4,
+            seed=42, denoise_mask=None, latent_image=None, positive=None, negative=None):
+    """What the KSampler node does (comfy.sample.sample), returning the latent."""
+    if positive is None:
+        positive, negative = conds(family, batch)
+    latent_image = latent(family, batch) if latent_image is None else latent_image
+    noise = comfy.sample.prepare_noise(latent_image, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative,
+                               latent_image, denoise=1.0, noise_mask=denoise_mask, disable_pbar=True, seed=seed)
+
+
+class ForwardCounter:
+    """Counts diffusion-model forwards run with one patcher's options (a DIFFUSION_MODEL wrapper)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.rows = 0
+
+    def __call__(self, executor, *args, **kwargs):
+        self.calls += 1
+        self.rows += args[0].shape[0]
+        return executor(*args, **kwargs)
+
+    def attach(self, patcher):
+        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_counter", self)
+        return patcher
+
+
+def probe_predictions(model, xs: list[torch.Tensor], sigmas: torch.Tensor, positive, negative, cfg: float,
+                      seed: int = 0) -> list[torch.Tensor]:
+    """The guided denoised prediction at fixed (x_i, sigma_i) points, through the real sampler path.
+
+    A KSAMPLER whose sampler function only evaluates the model: CFGGuider -> sampling_function
+    -> calc_cond_batch (with every wrapper) -> CFG, at the states we choose, so two models can be
+    compared step by step on identical inputs.
+    """
+    outputs: list[torch.Tensor] = []
+
+    def probe(model_k, noise, sigmas_, extra_args=None, callback=None, disable=None):
+        extra_args = {} if extra_args is None else extra_args
+        for x, sigma in zip(xs, sigmas_[:-1]):
+            outputs.append(model_k(x, sigma * x.new_ones([x.shape[0]]), **extra_args).clone())
+        return noise
+
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    noise = torch.zeros_like(xs[0])
+    guider.sample(noise, torch.zeros_like(xs[0]), comfy.samplers.KSAMPLER(probe), sigmas,
+                  disable_pbar=True, seed=seed)
+    return outputs
+
+
+def schedule(model, steps: int = 4, scheduler: str = "simple") -> torch.Tensor:
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+Mapper = Callable[[torch.Tensor], torch.Tensor]

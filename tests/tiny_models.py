@@ -1,0 +1,113 @@
+"""Tiny models that stock ComfyUI detects and loads, built here with seeded random weights.
+
+The architectures come from ComfyUI's own classes (so the state-dict keys are exactly what its
+detector and loaders expect); only the sizes are made small. No download is involved.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# SD3 / MMDiT: hidden = 64 * depth, so depth 2 gives hidden 128 and 2 heads; 16 latent channels;
+# pooled vector 32 wide; text context 64 -> 128; a 16x16 position table. About 1.1 M parameters.
+SD3_CONTEXT_DIM = 64
+SD3_POOLED_DIM = 32
+SD3_LATENT_CHANNELS = 16
+
+# SD1.5: the detector needs model_channels 320 and context 768; one level with one res block
+# and one transformer block is the smallest that is still detected as SD1.5 (about 26 M params).
+SD15_CONTEXT_DIM = 768
+SD15_LATENT_CHANNELS = 4
+
+
+def _fill_seeded(module: torch.nn.Module, seed: int, std: float) -> dict[str, torch.Tensor]:
+    """Deterministic weights: every tensor drawn from one generator in sorted-key order."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in sorted(module.state_dict().items()):
+        if key.endswith("norm.weight") or ".ln_" in key and key.endswith(".weight"):
+            tensor = torch.ones(value.shape)
+        else:
+            tensor = torch.randn(value.shape, generator=gen) * std
+        out[key] = tensor.to(torch.float32).contiguous()
+    return out
+
+
+def tiny_sd3_state_dict(seed: int = 0, std: float = 0.05) -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    net = MMDiT(
+        input_size=None,
+        patch_size=2,
+        in_channels=SD3_LATENT_CHANNELS,
+        out_channels=SD3_LATENT_CHANNELS,
+        depth=2,
+        adm_in_channels=SD3_POOLED_DIM,
+        context_embedder_config={
+            "target": "torch.nn.Linear",
+            "params": {"in_features": SD3_CONTEXT_DIM, "out_features": 128},
+        },
+        pos_embed_max_size=16,
+        num_patches=256,
+        device="cpu",
+        dtype=torch.float32,
+        operations=comfy.ops.disable_weight_init,
+    )
+    return _fill_seeded(net, seed, std)
+
+
+def tiny_sd15_state_dict(seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    net = UNetModel(
+        image_size=32,
+        in_channels=SD15_LATENT_CHANNELS,
+        out_channels=SD15_LATENT_CHANNELS,
+        model_channels=320,
+        num_res_blocks=[1],
+        channel_mult=[1],
+        transformer_depth=[1],
+        transformer_depth_output=[1, 1],
+        transformer_depth_middle=0,
+        num_heads=8,
+        context_dim=SD15_CONTEXT_DIM,
+        use_linear_in_transformer=False,
+        use_spatial_transformer=True,
+        legacy=False,
+        device="cpu",
+        dtype=torch.float32,
+        operations=comfy.ops.disable_weight_init,
+    )
+    return _fill_seeded(net, seed, std)
+
+
+def perturbed(state_dict: dict[str, torch.Tensor], seed: int, rel: float = 0.3) -> dict[str, torch.Tensor]:
+    """A 'fine-tuned' full model: every weight moved by a seeded relative perturbation."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in sorted(state_dict.items()):
+        noise = torch.randn(value.shape, generator=gen)
+        out[key] = (value + rel * value.std().clamp_min(1e-3) * noise).contiguous()
+    return out
+
+
+def lora_for(
+    state_dict: dict[str, torch.Tensor], seed: int, rank: int = 4, scale: float = 0.5, match: str = "attn"
+) -> dict[str, torch.Tensor]:
+    """A LoRA in ComfyUI's generic key format on every 2-D weight whose key contains `match`.
+
+    Keys: diffusion_model.<layer>.lora_up.weight / lora_down.weight / alpha.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in sorted(state_dict.items()):
+        if match not in key or not key.endswith(".weight") or value.ndim != 2:
+            continue
+        base = "diffusion_model." + key[: -len(".weight")]
+        n_out, n_in = value.shape
+        out[base + ".lora_up.weight"] = torch.randn(n_out, rank, generator=gen) * scale * value.std()
+        out[base + ".lora_down.weight"] = torch.randn(rank, n_in, generator=gen)
+        out[base + ".alpha"] = torch.tensor(float(rank))
+    return out
