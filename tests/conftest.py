@@ -50,3 +50,14 @@ _load_pack()
 def pytest_configure(config):
     config.addinivalue_line("markers", "server: starts the ComfyUI server (slow end-to-end tests)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the measured w=0 / w=1 identity differences, so a run records them."""
+    diffs = getattr(sys.modules.get("harness"), "IDENTITY_DIFFS", None)
+    if not diffs:
+        return
+    terminalreporter.section("RLG identities: max |RLG(w=0) - base|, |RLG(w=1) - RL| per case")
+    for case, diff in sorted(diffs.items()):
+        terminalreporter.write_line(f"{case:45s} {diff:.3e}")
+    terminalreporter.write_line(f"{'overall max':45s} {max(diffs.values()):.3e}")

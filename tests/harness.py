@@ -18,6 +18,9 @@ import comfy.utils
 import tiny_models as tm
 from comfyui_rlg.nodes.apply import apply_rlg  # noqa: F401  (re-exported for tests)
 
+# Filled by the identity tests, printed at the end of the run by conftest.
+IDENTITY_DIFFS: dict[str, float] = {}
+
 
 @functools.lru_cache(maxsize=None)
 def _state_dict(family: str, seed: int, rl_seed: int | None) -> dict:
@@ -72,7 +75,7 @@ def ksample(model, family="sd3", batch=1, cfg=3.0, sampler="euler", scheduler="s
 
 
 class ForwardCounter:
-    """Counts diffusion-model forwards run with one patcher's options (a DIFFUSION_MODEL wrapper)."""
+    """Counts model forwards run with one patcher's options (an APPLY_MODEL wrapper: every model runs it)."""
 
     def __init__(self):
         self.calls = 0
@@ -84,7 +87,7 @@ class ForwardCounter:
         return executor(*args, **kwargs)
 
     def attach(self, patcher):
-        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_counter", self)
+        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_counter", self)
         return patcher
 
 
@@ -118,7 +121,7 @@ def schedule(model, steps: int = 4, scheduler: str = "simple") -> torch.Tensor:
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max())
+    return float((a - b).detach().abs().max())
 
 
 Mapper = Callable[[torch.Tensor], torch.Tensor]

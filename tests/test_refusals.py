@@ -1,0 +1,83 @@
+"""Inputs RLG cannot work with are refused before sampling, with a message naming the input."""
+
+import logging
+import math
+
+import pytest
+
+import harness as h
+from comfyui_rlg.nodes.apply import apply_rlg
+from comfyui_rlg.nodes.nodes_rlg import RLGApply
+from comfyui_rlg.nodes.rlg_math import RLGInputError
+
+
+def test_other_family_is_refused_naming_both_models():
+    sd3, sd15 = h.load_model("sd3"), h.load_model("sd15")
+    with pytest.raises(RLGInputError) as err:
+        RLGApply.execute(sd3, sd15, 1.5, 0.0, 1.0)
+    msg = str(err.value)
+    assert "rl_model" in msg and "model" in msg and "SD3" in msg and "SD15" in msg
+    assert "prediction" in msg
+
+
+def test_other_prediction_type_is_refused():
+    # The same network read as an EPS model samples garbage without any error: refuse it.
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    base = h.load_model("sd3")
+    eps = ModelSamplingDiscrete().patch(h.load_model("sd3", rl_seed=1), "eps", False)[0]
+    with pytest.raises(RLGInputError, match="prediction"):
+        apply_rlg(base, eps, 1.5, 0.0, 1.0)
+
+
+def test_other_shape_is_refused():
+    import tiny_models as tm
+    import comfy.sd
+
+    base = h.load_model("sd3")
+    sd = tm.tiny_sd3_state_dict(0)
+    wider = comfy.sd.load_diffusion_model_state_dict(
+        {k: v for k, v in sd.items()} | {"y_embedder.mlp.0.weight": sd["y_embedder.mlp.0.weight"][:, :16]}
+    )
+    with pytest.raises(RLGInputError, match="network config"):
+        apply_rlg(base, wider, 1.5, 0.0, 1.0)
+
+
+def test_window_and_scale_are_checked():
+    base, rl = h.load_model("sd3"), h.load_model("sd3", rl_seed=1)
+    with pytest.raises(RLGInputError, match="start_percent"):
+        RLGApply.execute(base, rl, 1.5, 0.8, 0.2)
+    with pytest.raises(RLGInputError, match="rlg_scale"):
+        RLGApply.execute(base, rl, math.nan, 0.0, 1.0)
+
+
+def test_lora_not_chained_after_the_bases_lora_is_refused():
+    ckpt = h.load_model("sd3")
+    styled = h.with_lora(ckpt, lora_seed=11, match="mlp")
+    rl_without_style = h.with_lora(ckpt, lora_seed=12)
+    with pytest.raises(RLGInputError, match="after model's own LoRAs"):
+        apply_rlg(styled, rl_without_style, 1.5, 0.0, 1.0)
+
+
+def test_inputs_are_not_changed():
+    base = h.load_model("sd3")
+    rl = h.with_lora(base)
+    before = (dict(base.patches), dict(base.weight_wrapper_patches), base.model_options.copy(),
+              dict(rl.patches), rl.model_options.copy())
+    apply_rlg(base, rl, 2.0, 0.1, 0.9)
+    after = (dict(base.patches), dict(base.weight_wrapper_patches), base.model_options.copy(),
+             dict(rl.patches), rl.model_options.copy())
+    assert before == after
+
+
+def test_identical_rl_model_warns_and_samples_the_base(caplog):
+    base = h.load_model("sd3")
+    no_match = base.clone()
+    assert no_match.add_patches({"not.a.key": ("diff", (None,))}) == []  # a LoRA whose keys all failed
+    ref = h.ksample(base)
+    for rl in (base, no_match):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            out = h.ksample(apply_rlg(base, rl, 2.0, 0.0, 1.0))
+        assert "identical" in caplog.text and "no effect" in caplog.text
+        assert h.max_diff(out, ref) == 0.0

@@ -1,0 +1,123 @@
+"""The pure blend / schedule / patch-diff code, without a model."""
+
+import math
+
+import pytest
+import torch
+
+from comfyui_rlg.nodes.patch_diff import DivergentPatchesError, added_entries, extra_weight_patches, merge_entries
+from comfyui_rlg.nodes.rlg_math import (
+    RLGInputError,
+    SigmaWindow,
+    blend_prediction_lists,
+    blend_predictions,
+    check_scale,
+    check_window,
+    plan_step,
+)
+
+
+@pytest.mark.parametrize("w", [-1.0, 0.0, 0.5, 1.0, 2.0, 3.0])
+def test_blend_is_linear_combination(w):
+    base, rl = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    out = blend_predictions(base, rl, w)
+    assert torch.allclose(out, (1 - w) * base + w * rl, atol=1e-6)
+
+
+def test_blend_endpoints():
+    # w = 1 is rl only up to rounding (base + (rl - base)); plan_step runs the RL model alone there.
+    base, rl = torch.randn(5, 7), torch.randn(5, 7)
+    assert torch.equal(blend_predictions(base, rl, 0.0), base)
+    assert torch.allclose(blend_predictions(base, rl, 1.0), rl, atol=1e-6)
+
+
+def test_blend_commutes_with_cfg():
+    # Blending cond and uncond before CFG equals the reference code's CFG(base) + w (CFG(rl) - CFG(base)).
+    bc, bu, rc, ru = (torch.randn(3, 3) for _ in range(4))
+    w, cfg = 1.6, 4.5
+    cfg_fn = lambda c, u: u + cfg * (c - u)  # noqa: E731
+    before = cfg_fn(*blend_prediction_lists([bc, bu], [rc, ru], w))
+    after = cfg_fn(bc, bu) + w * (cfg_fn(rc, ru) - cfg_fn(bc, bu))
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_blend_lists_must_match():
+    with pytest.raises(ValueError):
+        blend_prediction_lists([torch.zeros(1)], [torch.zeros(1), torch.zeros(1)], 0.5)
+
+
+def test_plan_inside_and_outside_window():
+    window = SigmaWindow(sigma_start=0.8, sigma_end=0.2)
+    assert plan_step(0.9, window, 2.0) == plan_step(0.1, window, 2.0)
+    outside = plan_step(0.9, window, 2.0)
+    assert (outside.run_base, outside.run_rl, outside.scale) == (False, True, 1.0)
+    inside = plan_step(0.5, window, 2.0)
+    assert (inside.run_base, inside.run_rl, inside.scale) == (True, True, 2.0)
+    assert plan_step(0.8, window, 2.0).run_base and plan_step(0.2, window, 2.0).run_base  # inclusive ends
+
+
+def test_plan_skips_the_model_a_weight_of_zero_ignores():
+    window = SigmaWindow(10.0, 0.0)
+    assert (plan_step(1.0, window, 0.0).run_base, plan_step(1.0, window, 0.0).run_rl) == (True, False)
+    assert (plan_step(1.0, window, 1.0).run_base, plan_step(1.0, window, 1.0).run_rl) == (False, True)
+
+
+def test_window_from_percents_maps_start_to_larger_sigma():
+    window = SigmaWindow.from_percents(0.25, 0.75, lambda p: 1.0 - p)
+    assert window.sigma_start == 0.75 and window.sigma_end == 0.25
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_scale_is_refused_by_name(bad):
+    with pytest.raises(RLGInputError, match="rlg_scale"):
+        check_scale(bad)
+
+
+def test_window_order_and_range_are_checked_by_name():
+    assert check_window(0.2, 0.2) == (0.2, 0.2)
+    with pytest.raises(RLGInputError, match="start_percent .* end_percent"):
+        check_window(0.7, 0.3)
+    with pytest.raises(RLGInputError, match="end_percent"):
+        check_window(0.0, 1.5)
+    with pytest.raises(RLGInputError, match="start_percent"):
+        check_window(math.nan, 1.0)
+
+
+def test_extra_weight_patches_is_the_extension():
+    a, b, c = object(), object(), object()
+    base = {"k1": [a], "k2": [b]}
+    rl = {"k1": [a, c], "k2": [b], "k3": [c]}
+    assert extra_weight_patches(base, rl) == {"k1": [c], "k3": [c]}
+    assert extra_weight_patches(base, dict(base)) == {}
+
+
+def test_divergent_patches_are_reported():
+    a, b = object(), object()
+    with pytest.raises(DivergentPatchesError) as err:
+        extra_weight_patches({"k1": [a], "k2": [a]}, {"k1": [b]})
+    assert err.value.missing_in_rl == ["k2"] and err.value.changed == ["k1"]
+
+
+def test_added_entries_by_path():
+    f, g, h = object(), object(), object()
+    reference = {"patches": {"attn1_patch": [f]}, "rope": {"x": 1}}
+    current = {
+        "patches": {"attn1_patch": [f, g]},
+        "patches_replace": {"attn1": {("middle", 0): h}},
+        "rope": {"x": 2},
+        "sample_sigmas": 3,
+        "wrappers": {"w": 1},
+    }
+    assert added_entries(current, reference, skip=("wrappers",)) == {
+        "patches": {"attn1_patch": [g]},
+        "patches_replace": {"attn1": {("middle", 0): h}},
+        "sample_sigmas": 3,
+    }
+
+
+def test_merge_entries_does_not_touch_shared_dicts():
+    shared = {"a": [1]}
+    target = {"patches": shared}
+    merge_entries(target, {"patches": {"a": [2], "b": [3]}, "x": 1})
+    assert target == {"patches": {"a": [1, 2], "b": [3]}, "x": 1}
+    assert shared == {"a": [1]}

@@ -1,0 +1,190 @@
+"""RLG inside real ComfyUI sampling (in-process, CPU, tiny models built by the tests).
+
+Identities (w = 0 is the base, w = 1 the RL model), the per-step blend, the window, the LoRA
+form on a shared module, and interplay with stock patches and masks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import harness as h
+from comfyui_rlg.nodes.apply import apply_rlg
+
+TOL = 1e-5
+IDENTITY_DIFFS = h.IDENTITY_DIFFS
+
+
+def _pair(family: str, form: str):
+    base = h.load_model(family)
+    if form == "full":
+        return base, h.load_model(family, rl_seed=1)
+    return base, h.with_lora(base)
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd15"])
+@pytest.mark.parametrize("form", ["full", "lora"])
+@pytest.mark.parametrize("cfg", [1.0, 3.5])
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
+def test_w0_is_base_and_w1_is_rl(family, form, cfg, sampler):
+    base, rl = _pair(family, form)
+    kw = dict(family=family, batch=2, cfg=cfg, sampler=sampler, steps=4)
+    ref_base = h.ksample(base, **kw)
+    ref_rl = h.ksample(rl, **kw)
+    assert h.max_diff(ref_base, ref_rl) > 1e-3, "test models too similar to tell apart"
+    out0 = h.ksample(apply_rlg(base, rl, 0.0, 0.0, 1.0), **kw)
+    out1 = h.ksample(apply_rlg(base, rl, 1.0, 0.0, 1.0), **kw)
+    d0, d1 = h.max_diff(out0, ref_base), h.max_diff(out1, ref_rl)
+    IDENTITY_DIFFS[f"{family} {form:4s} cfg={cfg} {sampler}"] = max(d0, d1)
+    assert d0 <= TOL, f"w=0 differs from the base model by {d0}"
+    assert d1 <= TOL, f"w=1 differs from the RL model by {d1}"
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd15"])
+@pytest.mark.parametrize("form", ["full", "lora"])
+@pytest.mark.parametrize("w", [0.5, 2.0])
+def test_each_step_blends_base_and_rl(family, form, w):
+    base, rl = _pair(family, form)
+    positive, negative = h.conds(family, batch=2)
+    sigmas = h.schedule(base, steps=5)
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(h.latent(family, 2).shape, generator=gen) * float(s) for s in sigmas[:-1]]
+    probe = lambda m: h.probe_predictions(m, xs, sigmas, positive, negative, cfg=4.5)  # noqa: E731
+    pred_base, pred_rl, pred_rlg = probe(base), probe(rl), probe(apply_rlg(base, rl, w, 0.0, 1.0))
+    for step, (b, r, g) in enumerate(zip(pred_base, pred_rl, pred_rlg)):
+        assert h.max_diff(b, r) > 1e-4
+        expected = b + w * (r - b)
+        assert h.max_diff(g, expected) <= TOL * (1 + float(expected.detach().abs().max())), f"step {step}"
+
+
+@pytest.mark.parametrize("form", ["full", "lora"])
+def test_outside_window_only_the_rl_model_runs(form):
+    base, rl = _pair("sd3", form)
+    base_count, rl_count = h.ForwardCounter(), h.ForwardCounter()
+    # Counters go on after the LoRA clone was made, so each counts only its own passes.
+    base_c = base_count.attach(base.clone())
+    rl_c = rl_count.attach(rl.clone()) if form == "full" else rl_count.attach(rl)
+    steps = 6
+    ref_rl = h.ksample(rl, steps=steps)
+    base_count.calls = rl_count.calls = 0
+
+    # A window that holds no step: every step is the RL model's, the base never runs.
+    out = h.ksample(apply_rlg(base_c, rl_c, 2.5, 1.0, 1.0), steps=steps)
+    assert base_count.calls == 0
+    assert rl_count.calls == steps
+    assert h.max_diff(out, ref_rl) <= TOL
+
+    # Window [0.5, 1]: the first steps run the RL model alone.
+    base_count.calls = rl_count.calls = 0
+    sampling = base.get_model_object("model_sampling")
+    sigma_start = float(sampling.percent_to_sigma(0.5))
+    sigmas = h.schedule(base, steps=steps)[:-1]
+    in_window = int((sigmas <= sigma_start).sum())
+    assert 0 < in_window < steps
+    h.ksample(apply_rlg(base_c, rl_c, 2.5, 0.5, 1.0), steps=steps)
+    assert base_count.calls == in_window
+    assert rl_count.calls == steps
+
+
+def test_rl_pass_uses_the_rl_models_own_options():
+    # A wrapper on the base (standing in for TorchCompileModel and the like) must not run for the
+    # RL pass, and one on the RL model must not run for the base pass.
+    base, rl = _pair("sd3", "full")
+    base_count, rl_count = h.ForwardCounter(), h.ForwardCounter()
+    base_count.attach(base)
+    rl_count.attach(rl)
+    h.ksample(apply_rlg(base, rl, 0.5, 0.0, 1.0), steps=3)
+    assert base_count.calls == 3 and rl_count.calls == 3
+
+
+def test_lora_rl_model_keeps_no_second_copy_and_leaves_base_clean():
+    base = h.load_model("sd3")
+    lora = h.with_lora(base)
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    ref_base = h.ksample(base)
+    h.ksample(apply_rlg(base, lora, 1.7, 0.0, 1.0))
+    after_base = h.ksample(base)
+    assert h.max_diff(after_base, ref_base) == 0.0
+    # The module holds the base weights again, not the LoRA-patched ones.
+    h.ksample(base)
+    for k, v in base.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_base_with_its_own_lora_and_rl_lora_on_top():
+    # model = checkpoint + style LoRA; rl_model = that + RL LoRA. Only the RL LoRA is the RL part.
+    ckpt = h.load_model("sd3")
+    styled = h.with_lora(ckpt, lora_seed=11, match="mlp")
+    rl = h.with_lora(styled, lora_seed=12)
+    ref_styled, ref_rl = h.ksample(styled, cfg=2.0), h.ksample(rl, cfg=2.0)
+    assert h.max_diff(h.ksample(apply_rlg(styled, rl, 0.0, 0, 1), cfg=2.0), ref_styled) <= TOL
+    assert h.max_diff(h.ksample(apply_rlg(styled, rl, 1.0, 0, 1), cfg=2.0), ref_rl) <= TOL
+
+
+def test_works_after_rescale_cfg_on_the_base():
+    from comfy_extras.nodes_model_advanced import RescaleCFG
+
+    base, rl = _pair("sd3", "full")
+    rescaled = RescaleCFG().patch(base, 0.7)[0]
+    ref = h.ksample(rescaled, cfg=5.0)
+    assert h.max_diff(h.ksample(apply_rlg(rescaled, rl, 0.0, 0, 1), cfg=5.0), ref) <= TOL
+    # And after RLG: RescaleCFG(RLG(w=1)) is RescaleCFG(rl).
+    after = RescaleCFG().patch(apply_rlg(base, rl, 1.0, 0, 1), 0.7)[0]
+    ref_rl = h.ksample(RescaleCFG().patch(rl, 0.7)[0], cfg=5.0)
+    assert h.max_diff(h.ksample(after, cfg=5.0), ref_rl) <= TOL
+
+
+@pytest.mark.parametrize("form", ["full", "lora"])
+def test_pag_extra_pass_reaches_the_rl_model(form):
+    # PAG evaluates an extra, perturbed pass through calc_cond_batch with options changed for that
+    # call; the RL pass must be perturbed too, or PAG(RLG(w=1)) would differ from PAG(rl).
+    from comfy_extras.nodes_pag import PerturbedAttentionGuidance as PAG
+
+    base, rl = _pair("sd15", form)
+    pag = lambda m: PAG.execute(m, 2.0).args[0]  # noqa: E731
+    kw = dict(family="sd15", cfg=3.0, steps=3)
+    ref_rl, ref_base = h.ksample(pag(rl), **kw), h.ksample(pag(base), **kw)
+    assert h.max_diff(h.ksample(pag(apply_rlg(base, rl, 1.0, 0, 1)), **kw), ref_rl) <= TOL
+    assert h.max_diff(h.ksample(pag(apply_rlg(base, rl, 0.0, 0, 1)), **kw), ref_base) <= TOL
+
+
+@pytest.mark.parametrize("form", ["full", "lora"])
+def test_latent_noise_mask_inpainting(form):
+    base, rl = _pair("sd3", form)
+    gen = torch.Generator().manual_seed(5)
+    source = torch.randn(1, 16, 8, 8, generator=gen)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1.0
+    kw = dict(latent_image=source, denoise_mask=mask, cfg=3.0)
+    ref_base, ref_rl = h.ksample(base, **kw), h.ksample(rl, **kw)
+    out0 = h.ksample(apply_rlg(base, rl, 0.0, 0, 1), **kw)
+    out1 = h.ksample(apply_rlg(base, rl, 1.0, 0, 1), **kw)
+    out2 = h.ksample(apply_rlg(base, rl, 2.0, 0, 1), **kw)
+    assert h.max_diff(out0, ref_base) <= TOL and h.max_diff(out1, ref_rl) <= TOL
+    keep = mask.expand_as(source) == 0
+    processed = base.model.process_latent_in(source)
+    assert torch.allclose(base.model.process_latent_out(processed)[keep], out2[keep], atol=1e-4)
+    assert h.max_diff(out2, out1) > 1e-4
+
+
+def test_ksampler_rlgapply_equals_sampler_custom_advanced_rlgguider():
+    import nodes as comfy_nodes
+    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+
+    from comfyui_rlg.nodes.nodes_rlg import RLGApply, RLGGuider
+
+    base, rl = _pair("sd3", "lora")
+    positive, negative = h.conds("sd3", batch=2)
+    latent = {"samples": h.latent("sd3", 2)}
+    seed, steps, cfg = 123, 5, 4.0
+    patched = RLGApply.execute(base, rl, 1.6, 0.2, 0.9).args[0]
+    (ks_out,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, "euler", "simple", positive, negative, latent)
+    guider = RLGGuider.execute(base, rl, positive, negative, cfg, 1.6, 0.2, 0.9).args[0]
+    sigmas = h.schedule(base, steps=steps, scheduler="simple")
+    out = SamplerCustomAdvanced.execute(Noise_RandomNoise(seed), guider, comfy.samplers.sampler_object("euler"),
+                                        sigmas, latent).args[0]
+    assert h.max_diff(ks_out["samples"], out["samples"]) <= TOL
+
+
+import comfy.samplers  # noqa: E402  (used above; kept at the end to keep the test list readable)
