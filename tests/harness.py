@@ -46,16 +46,8 @@ def with_lora(model, lora_seed: int = 7, strength: float = 1.0, match: str = "at
 
 
 def conds(family: str = "sd3", batch: int = 1, seed: int = 0):
-    """(positive, negative) in ComfyUI's CONDITIONING format, without a text encoder."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(2):
-        if family == "sd3":
-            ctx = torch.randn(batch, 8, tm.SD3_CONTEXT_DIM, generator=gen)
-            out.append([[ctx, {"pooled_output": torch.randn(batch, tm.SD3_POOLED_DIM, generator=gen)}]])
-        else:
-            out.append([[torch.randn(batch, 8, tm.SD15_CONTEXT_DIM, generator=gen), {}]])
-    return out[0], out[1]
+    """(positive, negative) without a text encoder; the server tests' test node makes the same."""
+    return tm.tiny_conds(family, batch, seed)
 
 
 def latent(family: str = "sd3", batch: int = 1, size: int = 8) -> torch.Tensor:

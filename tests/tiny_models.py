@@ -111,3 +111,16 @@ def lora_for(
         out[base + ".lora_down.weight"] = torch.randn(rank, n_in, generator=gen)
         out[base + ".alpha"] = torch.tensor(float(rank))
     return out
+
+
+def tiny_conds(family: str = "sd3", batch: int = 1, seed: int = 0):
+    """(positive, negative) in ComfyUI's CONDITIONING format, seeded, without a text encoder."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(2):
+        if family == "sd3":
+            ctx = torch.randn(batch, 8, SD3_CONTEXT_DIM, generator=gen)
+            out.append([[ctx, {"pooled_output": torch.randn(batch, SD3_POOLED_DIM, generator=gen)}]])
+        else:
+            out.append([[torch.randn(batch, 8, SD15_CONTEXT_DIM, generator=gen), {}]])
+    return out[0], out[1]
