@@ -1,9 +1,7 @@
-"""ComfyUI-RLG: registration only. The code is in nodes/ (see nodes/__init__.py)."""
-
-from .nodes import comfy_entrypoint
+"""ComfyUI-RLG: registration only. The code is in nodes/ (start at nodes/__init__.py)."""
 
 # Only the V3 entrypoint is exported: ComfyUI ignores comfy_entrypoint when a module also
 # exports NODE_CLASS_MAPPINGS.
-WEB_DIRECTORY = "./js"
+from .nodes import comfy_entrypoint
 
-__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
+__all__ = ["comfy_entrypoint"]

@@ -47,11 +47,6 @@ def _load_pack():
 _load_pack()
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "server: starts the ComfyUI server (slow end-to-end tests)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
-
-
 def pytest_terminal_summary(terminalreporter):
     """Print the measured w=0 / w=1 identity differences, so a run records them."""
     diffs = getattr(sys.modules.get("harness"), "IDENTITY_DIFFS", None)
