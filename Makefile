@@ -1,7 +1,7 @@
 # Every target sets up the ComfyUI host in .comfy-host/ first (idempotent, cached).
 PY := .comfy-host/venv/bin/python
 
-.PHONY: setup test test-quick demo
+.PHONY: setup test test-quick lint demo
 
 setup:
 	bash scripts/setup_host.sh
@@ -13,6 +13,10 @@ test: setup
 ## test-quick: everything but the tests that start the ComfyUI server
 test-quick: setup
 	$(PY) -m pytest -m "not server"
+
+## lint: ruff over the pack, tests and scripts
+lint: setup
+	$(PY) -m ruff check .
 
 ## demo: turn the RLG dial through ComfyUI's HTTP API and print what it does
 demo: setup

@@ -9,9 +9,8 @@ Where things are:
   nodes_rlg.py     the RLG Apply and RLG Guider nodes
 """
 
-from typing_extensions import override
-
 from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
 
 from .nodes_rlg import NODES
 

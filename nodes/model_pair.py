@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
-
-import torch
+from typing import Any
 
 import comfy.lora
 import comfy.model_patcher
 import comfy.utils
+import torch
 
 from .patch_diff import DivergentPatchesError, added_entries, extra_weight_patches
 from .rlg_math import RLGInputError
@@ -156,7 +156,7 @@ class RLModelPair:
     rl_patcher: Any
     base_transformer_options: dict
     base_patch_keys: dict[str, int]
-    switch: Optional[RLPassSwitch] = None
+    switch: RLPassSwitch | None = None
     notes: list[str] = field(default_factory=list)
 
     @contextlib.contextmanager

@@ -8,7 +8,8 @@ part; everything the two share must be applied once, to both passes.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class DivergentPatchesError(ValueError):
@@ -23,7 +24,7 @@ class DivergentPatchesError(ValueError):
 def _is_prefix(prefix: Sequence[Any], seq: Sequence[Any]) -> bool:
     # Clones copy the lists but keep the very same patch tuples, so identity is the test;
     # comparing tuples by value would compare tensors.
-    return len(prefix) <= len(seq) and all(a is b for a, b in zip(prefix, seq))
+    return len(prefix) <= len(seq) and all(a is b for a, b in zip(prefix, seq, strict=False))
 
 
 def extra_weight_patches(

@@ -15,8 +15,8 @@ v or flow-velocity predictions: ComfyUI hands us denoised predictions and that i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ def blend_prediction_lists(
     """Blend ComfyUI's per-cond outputs ([cond, uncond, ...]) pairwise."""
     if len(base) != len(rl):
         raise ValueError(f"RLG: base gave {len(base)} predictions but the RL model gave {len(rl)}")
-    return [blend_predictions(b, r, scale) for b, r in zip(base, rl)]
+    return [blend_predictions(b, r, scale) for b, r in zip(base, rl, strict=True)]
 
 
 class RLGInputError(ValueError):
@@ -76,7 +76,7 @@ class SigmaWindow:
     @classmethod
     def from_percents(
         cls, start_percent: float, end_percent: float, percent_to_sigma: Callable[[float], float]
-    ) -> "SigmaWindow":
+    ) -> SigmaWindow:
         return cls(float(percent_to_sigma(start_percent)), float(percent_to_sigma(end_percent)))
 
     def contains(self, sigma: float) -> bool:

@@ -10,13 +10,13 @@ pre-CFG functions and CFG see it. Wrappers stack, so other packs' wrappers keep 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
-
-import torch
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.samplers
+import torch
 
 from .model_pair import RLModelPair
 from .patch_diff import added_entries, merge_entries

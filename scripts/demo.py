@@ -17,10 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / ".comfy-host" / "ComfyUI"))  # tiny_models builds with ComfyUI's own classes
 
+import comfy.cli_args  # noqa: E402
 import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
-
-import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True  # the models are built here on the CPU; the server is started with --cpu too
 import tiny_models as tm  # noqa: E402
@@ -32,8 +31,10 @@ OUT = ROOT / "out" / "demo"
 
 def graph(rl_scale: float, prefix: str) -> dict:
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "rlg_demo_base.safetensors", "weight_dtype": "default"}},
-        "2": {"class_type": "UNETLoader", "inputs": {"unet_name": "rlg_demo_rl.safetensors", "weight_dtype": "default"}},
+        "1": {"class_type": "UNETLoader",
+              "inputs": {"unet_name": "rlg_demo_base.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "UNETLoader",
+              "inputs": {"unet_name": "rlg_demo_rl.safetensors", "weight_dtype": "default"}},
         "3": {"class_type": "RLGApply", "inputs": {"model": ["1", 0], "rl_model": ["2", 0], "rlg_scale": rl_scale,
                                                    "start_percent": 0.0, "end_percent": 1.0}},
         "4": {"class_type": "RLGTestConditioning", "inputs": {"family": "sd3", "seed": 0, "batch_size": 8}},

@@ -30,7 +30,7 @@ HOST_PKGS=(
   SQLAlchemy "av>=14.2.0" "pydantic~=2.0" "pydantic-settings~=2.0" requests
 )
 # What the project's tests, demo and benchmarks use on top of the host.
-DEV_PKGS=(pytest matplotlib)
+DEV_PKGS=(pytest matplotlib ruff==0.17.6)
 
 log() { printf '[setup-host] %s\n' "$*"; }
 stamp_ok() { [[ -f "$HOST/.stamp-$1" && "$(cat "$HOST/.stamp-$1")" == "$2" ]]; }

@@ -37,7 +37,7 @@ class ComfyServer:
         ]
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 180.0) -> "ComfyServer":
+    def start(self, timeout: float = 180.0) -> ComfyServer:
         for sub in ("", "output", "temp", "user", "input"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")

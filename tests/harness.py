@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
-
-import torch
+from collections.abc import Callable
 
 import comfy.lora
 import comfy.model_patcher
@@ -14,6 +12,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.sd
 import comfy.utils
+import torch
 
 import tiny_models as tm
 from comfyui_rlg.nodes.apply import apply_rlg  # noqa: F401  (re-exported for tests)
@@ -22,7 +21,7 @@ from comfyui_rlg.nodes.apply import apply_rlg  # noqa: F401  (re-exported for te
 IDENTITY_DIFFS: dict[str, float] = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _state_dict(family: str, seed: int, rl_seed: int | None) -> dict:
     base = tm.tiny_sd3_state_dict(seed) if family == "sd3" else tm.tiny_sd15_state_dict(seed)
     return tm.perturbed(base, rl_seed) if rl_seed is not None else base
@@ -95,7 +94,7 @@ def probe_predictions(model, xs: list[torch.Tensor], sigmas: torch.Tensor, posit
 
     def probe(model_k, noise, sigmas_, extra_args=None, callback=None, disable=None):
         extra_args = {} if extra_args is None else extra_args
-        for x, sigma in zip(xs, sigmas_[:-1]):
+        for x, sigma in zip(xs, sigmas_[:-1], strict=True):
             outputs.append(model_k(x, sigma * x.new_ones([x.shape[0]]), **extra_args).clone())
         return noise
 

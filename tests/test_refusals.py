@@ -31,8 +31,9 @@ def test_other_prediction_type_is_refused():
 
 
 def test_other_shape_is_refused():
-    import tiny_models as tm
     import comfy.sd
+
+    import tiny_models as tm
 
     base = h.load_model("sd3")
     sd = tm.tiny_sd3_state_dict(0)

@@ -6,6 +6,8 @@ form on a shared module, and interplay with stock patches and masks.
 
 from __future__ import annotations
 
+import comfy.sample
+import comfy.samplers
 import pytest
 import torch
 
@@ -52,7 +54,7 @@ def test_each_step_blends_base_and_rl(family, form, w):
     xs = [torch.randn(h.latent(family, 2).shape, generator=gen) * float(s) for s in sigmas[:-1]]
     probe = lambda m: h.probe_predictions(m, xs, sigmas, positive, negative, cfg=4.5)  # noqa: E731
     pred_base, pred_rl, pred_rlg = probe(base), probe(rl), probe(apply_rlg(base, rl, w, 0.0, 1.0))
-    for step, (b, r, g) in enumerate(zip(pred_base, pred_rl, pred_rlg)):
+    for step, (b, r, g) in enumerate(zip(pred_base, pred_rl, pred_rlg, strict=True)):
         assert h.max_diff(b, r) > 1e-4
         expected = b + w * (r - b)
         assert h.max_diff(g, expected) <= TOL * (1 + float(expected.detach().abs().max())), f"step {step}"
@@ -187,4 +189,60 @@ def test_ksampler_rlgapply_equals_sampler_custom_advanced_rlgguider():
     assert h.max_diff(ks_out["samples"], out["samples"]) <= TOL
 
 
-import comfy.samplers  # noqa: E402  (used above; kept at the end to keep the test list readable)
+
+@pytest.mark.parametrize("path", ["KSamplerAdvanced", "SamplerCustom", "BasicGuider"])
+def test_other_stock_sampler_nodes(path):
+    import nodes as comfy_nodes
+    from comfy_extras.nodes_custom_sampler import BasicGuider, Noise_RandomNoise, SamplerCustom, SamplerCustomAdvanced
+
+    base, rl = _pair("sd3", "lora")
+    positive, negative = h.conds("sd3", batch=2)
+    latent = {"samples": h.latent("sd3", 2)}
+    sigmas = h.schedule(base, steps=4)
+    euler = comfy.samplers.sampler_object("euler")
+
+    def run(model):
+        if path == "KSamplerAdvanced":
+            return comfy_nodes.KSamplerAdvanced().sample(model, "enable", 9, 4, 3.0, "euler", "simple", positive,
+                                                         negative, latent, 0, 4, "disable")[0]["samples"]
+        if path == "SamplerCustom":
+            out = SamplerCustom.execute(model, True, 9, 3.0, positive, negative, euler, sigmas, latent)
+            return out.args[0]["samples"]
+        guider = BasicGuider.execute(model, positive).args[0]
+        return SamplerCustomAdvanced.execute(Noise_RandomNoise(9), guider, euler, sigmas, latent).args[0]["samples"]
+
+    ref_base, ref_rl = run(base), run(rl)
+    assert h.max_diff(run(apply_rlg(base, rl, 0.0, 0, 1)), ref_base) <= TOL
+    assert h.max_diff(run(apply_rlg(base, rl, 1.0, 0, 1)), ref_rl) <= TOL
+    assert h.max_diff(run(apply_rlg(base, rl, 2.0, 0, 1)), ref_rl) > 1e-4
+
+
+def test_model_management_holds_both_models_while_sampling():
+    import comfy.model_management as mm
+
+    base, rl = _pair("sd3", "full")
+    lora_rl = h.with_lora(base)
+    seen = {}
+
+    def loaded_modules():
+        return [m.model.model for m in mm.current_loaded_models if m.model is not None]
+
+    def note(name):
+        def callback(step, x0, x, total):
+            seen[name] = loaded_modules()
+        return callback
+
+    patched = apply_rlg(base, rl, 1.5, 0, 1)
+    positive, negative = h.conds("sd3")
+    lat = h.latent("sd3")
+    comfy.sample.sample(patched, comfy.sample.prepare_noise(lat, 1), 3, 3.0, "euler", "simple", positive, negative,
+                        lat, callback=note("separate"), disable_pbar=True)
+    assert any(m is base.model for m in seen["separate"]) and any(m is rl.model for m in seen["separate"])
+
+    # The LoRA form adds no model: the RL pass runs on the base's module.
+    shared = apply_rlg(base, lora_rl, 1.5, 0, 1)
+    assert shared.get_additional_models() == []
+    assert patched.get_additional_models() != []
+    mm.unload_all_models()
+    assert not any(m is rl.model for m in loaded_modules())
+
