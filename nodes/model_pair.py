@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import comfy.lora
@@ -90,10 +90,14 @@ def check_same_architecture(base: Any, rl: Any, base_input: str = "model", rl_in
 class RLPassSwitch:
     """Adds the RL model's extra weight patches only while the RL pass runs (shared module).
 
-    Keys of comfy-op layers (Linear, Conv, norms) get a weight wrapper: ComfyUI calls it on a
-    fresh copy of the weight at every forward of that layer, and it applies the extra patches
-    only while `active`. Keys outside comfy ops (for example a position-embedding parameter) are
-    swapped in for the duration of the pass and restored after.
+    Each patched key is handled the way ComfyUI itself would apply it, so w = 1 is exactly the RL
+    model as ComfyUI samples it:
+    * weights and biases of comfy-op layers (Linear, Conv, norms) get a weight wrapper: ComfyUI
+      calls it on a fresh copy of the weight at every forward of that layer, and it applies the
+      extra patches only while `active`;
+    * other parameters of leaf modules (for example SD3.5's RMSNorm scales) are swapped in for the
+      duration of the pass and restored after;
+    * parameters of non-leaf modules (MMDiT's pos_embed) are skipped, as ComfyUI's loader skips them.
     """
 
     def __init__(self, extra_patches: dict[str, list], module: torch.nn.Module):
@@ -101,13 +105,20 @@ class RLPassSwitch:
         self.active = False
         self.wrapped_keys: list[str] = []
         self.swapped_keys: list[str] = []
+        self.ignored_keys: list[str] = []
         for key in extra_patches:
             owner_name, _, param = key.rpartition(".")
             owner = comfy.utils.get_attr(module, owner_name) if owner_name else module
             if param in ("weight", "bias") and hasattr(owner, "comfy_cast_weights"):
                 self.wrapped_keys.append(key)
-            else:
+            elif _owns_all_its_parameters(owner):
                 self.swapped_keys.append(key)
+            else:
+                self.ignored_keys.append(key)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.wrapped_keys and not self.swapped_keys
 
     def install(self, patcher: Any) -> None:
         for key in self.wrapped_keys:
@@ -127,6 +138,11 @@ class RLPassSwitch:
             self.active = False
             for key, data in saved.items():
                 comfy.utils.get_attr(module, key).data = data
+
+
+def _owns_all_its_parameters(module: torch.nn.Module) -> bool:
+    own = {name for name, _ in module.named_parameters(recurse=False)}
+    return all(name in own for name, _ in module.named_parameters())
 
 
 class _RLWeightWrapper:
@@ -157,7 +173,6 @@ class RLModelPair:
     base_transformer_options: dict
     base_patch_keys: dict[str, int]
     switch: RLPassSwitch | None = None
-    notes: list[str] = field(default_factory=list)
 
     @contextlib.contextmanager
     def rl_pass(self, module: torch.nn.Module) -> Iterator[None]:
@@ -205,14 +220,11 @@ def build_pair(base: Any, rl: Any) -> RLModelPair:
             "carry them, or after RLG Apply."
         )
 
-    rl_options_added = added_entries(rl.model_options.get("transformer_options", {}), base_to)
-    if not extra and not rl_options_added and rl.model_options.keys() == base.model_options.keys():
-        return RLModelPair("identical", rl, base_to, base_patch_keys)
-
     switch = RLPassSwitch(extra, base.model)
-    pair = RLModelPair("shared", rl, base_to, base_patch_keys, switch=switch)
-    if switch.swapped_keys:
-        pair.notes.append(
-            f"{len(switch.swapped_keys)} RL weights outside comfy layers are swapped in per RL pass"
-        )
-    return pair
+    rl_options_added = added_entries(rl.model_options.get("transformer_options", {}), base_to)
+    if switch.is_empty and not rl_options_added and rl.model_options.keys() == base.model_options.keys():
+        return RLModelPair("identical", rl, base_to, base_patch_keys)
+    if switch.ignored_keys:
+        log.info("RLG: %d RL patches on non-leaf parameters are skipped, as ComfyUI's loader skips them: %s",
+                 len(switch.ignored_keys), ", ".join(switch.ignored_keys[:3]))
+    return RLModelPair("shared", rl, base_to, base_patch_keys, switch=switch)

@@ -56,3 +56,12 @@ def pytest_terminal_summary(terminalreporter):
     for case, diff in sorted(diffs.items()):
         terminalreporter.write_line(f"{case:45s} {diff:.3e}")
     terminalreporter.write_line(f"{'overall max':45s} {max(diffs.values()):.3e}")
+
+
+@pytest.fixture(autouse=True)
+def _inference_mode():
+    """ComfyUI executes every node under torch.inference_mode(); in-process tests do the same."""
+    import torch
+
+    with torch.inference_mode():
+        yield

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import harness as h
+import tiny_models as tm
 from comfyui_rlg.nodes.apply import apply_rlg
 
 TOL = 1e-5
@@ -246,3 +247,34 @@ def test_model_management_holds_both_models_while_sampling():
     mm.unload_all_models()
     assert not any(m is rl.model for m in loaded_modules())
 
+
+
+def test_rl_patch_on_a_plain_torch_parameter_is_swapped_in_and_restored():
+    # SD3.5's attention RMSNorm scales are plain parameters of leaf modules, not comfy layers, so no
+    # weight wrapper reaches them; the RL pass swaps the patched tensor in and restores it after.
+    import comfy.sd
+
+    base = comfy.sd.load_diffusion_model_state_dict(tm.tiny_sd3_state_dict(0, qk_norm="rms"))
+    key = "diffusion_model.joint_blocks.0.x_block.attn.ln_q.weight"
+    original = base.get_model_object(key).detach().clone()
+    rl = h.with_lora(base)
+    assert rl.add_patches({key: ("diff", (torch.full(original.shape, 0.5),))}) == [key]
+    ref_base, ref_rl = h.ksample(base), h.ksample(rl)
+    assert h.max_diff(h.ksample(apply_rlg(base, rl, 0.0, 0, 1)), ref_base) <= TOL
+    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), ref_rl) <= TOL
+    lora_only = h.with_lora(base)
+    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), h.ksample(lora_only)) > 1e-4
+    h.ksample(apply_rlg(base, rl, 2.0, 0, 1))
+    assert torch.equal(base.get_model_object(key), original)
+    assert h.max_diff(h.ksample(base), ref_base) == 0.0
+
+
+def test_rl_patch_comfy_does_not_apply_is_not_applied_by_rlg_either():
+    # ComfyUI's loader skips patches on parameters of non-leaf modules (MMDiT's pos_embed), so
+    # the RL model alone ignores them; w = 1 must still be exactly that model.
+    base = h.load_model("sd3")
+    key = "diffusion_model.pos_embed"
+    rl = h.with_lora(base)
+    delta = torch.ones(base.get_model_object(key).shape)
+    assert rl.add_patches({key: ("diff", (delta,))}) == [key]
+    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), h.ksample(rl)) <= TOL

@@ -33,7 +33,8 @@ def _fill_seeded(module: torch.nn.Module, seed: int, std: float) -> dict[str, to
     return out
 
 
-def tiny_sd3_state_dict(seed: int = 0, std: float = 0.05) -> dict[str, torch.Tensor]:
+def tiny_sd3_state_dict(seed: int = 0, std: float = 0.05, qk_norm: str | None = None) -> dict[str, torch.Tensor]:
+    """qk_norm="rms" gives SD3.5's attention RMSNorm (plain torch parameters, not comfy layers)."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 
@@ -50,6 +51,7 @@ def tiny_sd3_state_dict(seed: int = 0, std: float = 0.05) -> dict[str, torch.Ten
         },
         pos_embed_max_size=16,
         num_patches=256,
+        qk_norm=qk_norm,
         device="cpu",
         dtype=torch.float32,
         operations=comfy.ops.disable_weight_init,
