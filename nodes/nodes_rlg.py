@@ -33,6 +33,10 @@ _END_TOOLTIP = (
 )
 
 
+def _pair_inputs() -> list:
+    return [io.Model.Input("model", tooltip=_MODEL_TOOLTIP), io.Model.Input("rl_model", tooltip=_RL_MODEL_TOOLTIP)]
+
+
 def _rlg_inputs() -> list:
     return [
         io.Float.Input("rlg_scale", default=1.5, min=-10.0, max=10.0, step=0.05, round=0.001,
@@ -56,11 +60,7 @@ class RLGApply(io.ComfyNode):
                 "twin as base + rlg_scale * (rl - base), for the positive and the negative prompt, "
                 "before CFG. Connect the output to any sampler or guider; keep RLG last before it."
             ),
-            inputs=[
-                io.Model.Input("model", tooltip=_MODEL_TOOLTIP),
-                io.Model.Input("rl_model", tooltip=_RL_MODEL_TOOLTIP),
-                *_rlg_inputs(),
-            ],
+            inputs=[*_pair_inputs(), *_rlg_inputs()],
             outputs=[io.Model.Output(tooltip="The base model with RLG attached; use it like any model.")],
         )
 
@@ -81,8 +81,7 @@ class RLGGuider(io.ComfyNode):
                 "same result as CFGGuider on the output of RLG Apply."
             ),
             inputs=[
-                io.Model.Input("model", tooltip=_MODEL_TOOLTIP),
-                io.Model.Input("rl_model", tooltip=_RL_MODEL_TOOLTIP),
+                *_pair_inputs(),
                 io.Conditioning.Input("positive", tooltip="What the image should show."),
                 io.Conditioning.Input("negative", tooltip="What the image should not show."),
                 io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,

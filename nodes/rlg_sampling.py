@@ -18,7 +18,7 @@ import comfy.patcher_extension
 import comfy.samplers
 import torch
 
-from .model_pair import RLModelPair
+from .model_pair import ADDITIONAL_MODELS_KEY, RLModelPair
 from .patch_diff import added_entries, merge_entries
 from .rlg_math import SigmaWindow, blend_prediction_lists, plan_step
 
@@ -38,7 +38,7 @@ class RLGCondBatchWrapper:
         self.rlg_scale = rlg_scale
         self.start_percent = start_percent
         self.end_percent = end_percent
-        self._late_patch_warning_given = False
+        self._late_patches_checked_for: int | None = None  # id of the sampled patcher last checked
 
     def __call__(self, executor: Callable, model: Any, conds: Sequence, x_in: torch.Tensor,
                  timestep: torch.Tensor, model_options: dict) -> list[torch.Tensor]:
@@ -94,15 +94,12 @@ class RLGCondBatchWrapper:
 
     def _warn_if_patched_after(self, model: Any) -> None:
         """Weight patches added to the base after RLG Apply do not reach a separate RL model."""
-        if self._late_patch_warning_given or self.pair.mode != "separate":
-            return
         patcher = getattr(model, "current_patcher", None)
-        patches = getattr(patcher, "patches", None)
-        if patches is None:
+        if self.pair.mode != "separate" or patcher is None or id(patcher) == self._late_patches_checked_for:
             return
+        self._late_patches_checked_for = id(patcher)
         known = self.pair.base_patch_keys
-        if any(len(v) > known.get(k, 0) for k, v in patches.items()):
-            self._late_patch_warning_given = True
+        if any(len(v) > known.get(k, 0) for k, v in getattr(patcher, "patches", {}).items()):
             log.warning(
                 "RLG: weight patches (LoRAs) were connected after RLG Apply; they change only the "
                 "base model, not rl_model. Connect them before RLG Apply, to both models."
@@ -115,7 +112,7 @@ def install(patcher: Any, wrapper: RLGCondBatchWrapper) -> None:
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, wrapper)
     if pair.mode == "separate":
         patcher.set_additional_models(
-            "rlg_rl_model", patcher.get_additional_models_with_key("rlg_rl_model") + [pair.rl_patcher]
+            ADDITIONAL_MODELS_KEY, patcher.get_additional_models_with_key(ADDITIONAL_MODELS_KEY) + [pair.rl_patcher]
         )
     elif pair.mode == "shared" and pair.switch is not None:
         pair.switch.install(patcher)

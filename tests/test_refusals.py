@@ -82,3 +82,15 @@ def test_identical_rl_model_warns_and_samples_the_base(caplog):
             out = h.ksample(apply_rlg(base, rl, 2.0, 0.0, 1.0))
         assert "identical" in caplog.text and "no effect" in caplog.text
         assert h.max_diff(out, ref) == 0.0
+
+
+def test_lora_connected_after_rlg_apply_warns_once(caplog):
+    base, rl = h.load_model("sd3"), h.load_model("sd3", rl_seed=1)
+    late = h.with_lora(apply_rlg(base, rl, 1.5, 0.0, 1.0))
+    with caplog.at_level(logging.WARNING):
+        h.ksample(late, steps=3)
+    assert caplog.text.count("connected after RLG Apply") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        h.ksample(apply_rlg(base, rl, 1.5, 0.0, 1.0), steps=3)
+    assert "connected after RLG Apply" not in caplog.text
