@@ -1,7 +1,7 @@
 # Every target sets up the ComfyUI host in .comfy-host/ first (idempotent, cached).
 PY := .comfy-host/venv/bin/python
 
-.PHONY: setup test test-quick lint demo
+.PHONY: setup test test-quick lint demo demo-server
 
 setup:
 	bash scripts/setup_host.sh
@@ -18,6 +18,11 @@ test-quick: setup
 lint: setup
 	$(PY) -m ruff check .
 
-## demo: turn the RLG dial through ComfyUI's HTTP API and print what it does
+## demo: train the tiny base/RL pair (cached), turn the RLG dial through ComfyUI, write out/demo/
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) demo/run_demo.py
+
+## demo-server: ComfyUI with the pack and the demo prompt node on http://127.0.0.1:8188 (after make demo)
+demo-server: setup
+	cd .comfy-host/ComfyUI && ../venv/bin/python main.py --cpu --listen 127.0.0.1 --port 8188 \
+		--extra-model-paths-config $(CURDIR)/demo/extra_model_paths.yaml

@@ -23,6 +23,7 @@ if not (COMFY_DIR / "main.py").exists():
 
 sys.path.insert(0, str(COMFY_DIR))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "demo"))  # the demo's training code and HTTP driver are tested too
 
 import comfy.cli_args  # noqa: E402
 

@@ -6,13 +6,18 @@ detector and loaders expect); only the sizes are made small. No download is invo
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 
-# SD3 / MMDiT: hidden = 64 * depth, so depth 2 gives hidden 128 and 2 heads; 16 latent channels;
-# pooled vector 32 wide; text context 64 -> 128; a 16x16 position table. About 1.1 M parameters.
-SD3_CONTEXT_DIM = 64
-SD3_POOLED_DIM = 32
-SD3_LATENT_CHANNELS = 16
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demo"))
+import tiny_sd3  # noqa: E402  (the demo's model; one definition of the tiny SD3 for both)
+
+# SD3 / MMDiT: see demo/tiny_sd3.py (1.1 M parameters).
+SD3_CONTEXT_DIM = tiny_sd3.CONTEXT_DIM
+SD3_POOLED_DIM = tiny_sd3.POOLED_DIM
+SD3_LATENT_CHANNELS = tiny_sd3.LATENT_CHANNELS
 
 # SD1.5: the detector needs model_channels 320 and context 768; one level with one res block
 # and one transformer block is the smallest that is still detected as SD1.5 (about 26 M params).
@@ -21,42 +26,12 @@ SD15_LATENT_CHANNELS = 4
 
 
 def _fill_seeded(module: torch.nn.Module, seed: int, std: float) -> dict[str, torch.Tensor]:
-    """Deterministic weights: every tensor drawn from one generator in sorted-key order."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in sorted(module.state_dict().items()):
-        if key.endswith("norm.weight") or ".ln_" in key and key.endswith(".weight"):
-            tensor = torch.ones(value.shape)
-        else:
-            tensor = torch.randn(value.shape, generator=gen) * std
-        out[key] = tensor.to(torch.float32).contiguous()
-    return out
+    return tiny_sd3.seeded_state_dict(module, seed, std)
 
 
 def tiny_sd3_state_dict(seed: int = 0, std: float = 0.05, qk_norm: str | None = None) -> dict[str, torch.Tensor]:
     """qk_norm="rms" gives SD3.5's attention RMSNorm (plain torch parameters, not comfy layers)."""
-    import comfy.ops
-    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
-
-    net = MMDiT(
-        input_size=None,
-        patch_size=2,
-        in_channels=SD3_LATENT_CHANNELS,
-        out_channels=SD3_LATENT_CHANNELS,
-        depth=2,
-        adm_in_channels=SD3_POOLED_DIM,
-        context_embedder_config={
-            "target": "torch.nn.Linear",
-            "params": {"in_features": SD3_CONTEXT_DIM, "out_features": 128},
-        },
-        pos_embed_max_size=16,
-        num_patches=256,
-        qk_norm=qk_norm,
-        device="cpu",
-        dtype=torch.float32,
-        operations=comfy.ops.disable_weight_init,
-    )
-    return _fill_seeded(net, seed, std)
+    return _fill_seeded(tiny_sd3.build_mmdit(qk_norm), seed, std)
 
 
 def tiny_sd15_state_dict(seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:

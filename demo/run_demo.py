@@ -1,0 +1,286 @@
+"""The RLG demo: train a tiny base/RL pair, turn the dial through ComfyUI, measure the reward.
+
+    make demo          (or: .comfy-host/venv/bin/python demo/run_demo.py)
+
+1. Makes the demo models with demo/train.py (or reuses a cached copy whose manifest matches) and
+   puts them in the host ComfyUI's stock folders: models/diffusion_models/rlg_demo_base.safetensors,
+   rlg_demo_rl.safetensors (full RL model) and models/loras/rlg_demo_rl_lora.safetensors.
+2. Starts that ComfyUI with ComfyUI-RLG and queues, over its HTTP API, base -> RLG Apply (rl_model
+   = base + RL LoRA through LoraLoaderModelOnly) -> KSampler -> SaveLatent for each rlg_scale, plus
+   the RL model alone in both forms.
+3. Classifies every sample, scores the reward, and writes a table, a plot and sample pictures to
+   out/demo/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFY_DIR = ROOT / ".comfy-host" / "ComfyUI"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(COMFY_DIR))
+
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = True  # training runs here on the CPU; the server is started with --cpu too
+
+import safetensors.torch  # noqa: E402
+import synthetic  # noqa: E402
+import torch  # noqa: E402
+import train  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from comfy_server import ComfyServer  # noqa: E402
+
+BASE_FILE = "rlg_demo_base.safetensors"
+RL_FILE = "rlg_demo_rl.safetensors"
+LORA_FILE = "rlg_demo_rl_lora.safetensors"
+DEMO_NODES = Path(__file__).resolve().parent / "comfy_nodes"
+SCALES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+CODE_FILES = ("train.py", "synthetic.py", "tiny_sd3.py")
+
+
+@dataclass
+class SweepRow:
+    label: str
+    scale: float | None
+    mean_reward: float
+    rewarded_share: float
+    predicted_share: float | None
+    seconds: float
+    samples: torch.Tensor
+
+
+# ---------------------------------------------------------------- models (trained or cached)
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _code_version() -> str:
+    here = Path(__file__).resolve().parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in CODE_FILES)).hexdigest()
+
+
+def ensure_models(models_dir: Path, config: train.TrainConfig, quiet: bool = False) -> dict:
+    """Train the pair into models_dir unless a cached copy with the same config and code is there."""
+    unet_dir, lora_dir = models_dir / "diffusion_models", models_dir / "loras"
+    files = {"base": unet_dir / BASE_FILE, "rl": unet_dir / RL_FILE, "lora": lora_dir / LORA_FILE}
+    manifest_path = unet_dir / "rlg_demo_manifest.json"
+    wanted = {"config": config.as_dict(), "code": _code_version()}
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if ({k: manifest.get(k) for k in wanted} == wanted
+                and all(p.exists() and _sha256(p) == manifest["sha256"][k] for k, p in files.items())):
+            if not quiet:
+                print(f"demo models: cached copy is valid ({unet_dir})")
+            return manifest
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, step: int, total: int, loss: float) -> None:
+        if quiet:
+            return
+        if stage not in bars:
+            what = "training the base model (flow matching)" if stage == "base" else \
+                "fine-tuning the RL LoRA (reward-weighted flow matching)"
+            bars[stage] = tqdm(total=total, desc=what, unit="step", leave=True)
+        bars[stage].update(1)
+        bars[stage].set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if step == total:
+            bars[stage].close()
+
+    t0 = time.perf_counter()
+    base_sd = train.train_base(config, progress)
+    full_sd, lora_sd, stats = train.train_rl(base_sd, config, progress)
+    unet_dir.mkdir(parents=True, exist_ok=True)
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(base_sd, files["base"])
+    safetensors.torch.save_file(full_sd, files["rl"])
+    safetensors.torch.save_file(lora_sd, files["lora"])
+    manifest = dict(wanted, sha256={k: _sha256(p) for k, p in files.items()}, stats=stats,
+                    train_seconds=round(time.perf_counter() - t0, 1))
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+# ---------------------------------------------------------------- the workflow, API format
+
+def rlg_graph(scale: float, samples: int, seed: int, prefix: str) -> dict:
+    """The demo workflow (example_workflows/rlg_demo.json is its UI twin) at one rlg_scale."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": BASE_FILE, "weight_dtype": "default"}},
+        "2": {"class_type": "LoraLoaderModelOnly",
+              "inputs": {"model": ["1", 0], "lora_name": LORA_FILE, "strength_model": 1.0}},
+        "3": {"class_type": "RLGApply", "inputs": {"model": ["1", 0], "rl_model": ["2", 0], "rlg_scale": scale,
+                                                   "start_percent": 0.0, "end_percent": 1.0}},
+        "4": {"class_type": "RLGDemoPrompt", "inputs": {}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": samples}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["3", 0], "seed": seed, "steps": 20, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "simple",
+                                                   "positive": ["4", 0], "negative": ["4", 1],
+                                                   "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix}},
+    }
+
+
+def rl_alone_graph(form: str, samples: int, seed: int, prefix: str) -> dict:
+    graph = rlg_graph(1.0, samples, seed, prefix)
+    del graph["3"]
+    if form == "full":
+        graph["2"] = {"class_type": "UNETLoader", "inputs": {"unet_name": RL_FILE, "weight_dtype": "default"}}
+    graph["6"]["inputs"]["model"] = ["2", 0]
+    return graph
+
+
+def _run(server: ComfyServer, graph: dict) -> tuple[torch.Tensor, float]:
+    import comfy.latent_formats
+
+    t0 = time.perf_counter()
+    entry = server.run_prompt(graph)
+    seconds = time.perf_counter() - t0
+    if entry["status"]["status_str"] != "success":
+        raise RuntimeError(f"ComfyUI could not run the demo graph: {entry['status']}\n{server.log()}")
+    (info,) = entry["outputs"]["7"]["latents"]
+    latent = safetensors.torch.load_file(server.output_dir / info["subfolder"] / info["filename"])["latent_tensor"]
+    # SaveLatent stores the user-facing latent; the data set lives in the network's space.
+    return comfy.latent_formats.SD3().process_in(latent), seconds
+
+
+def sweep(server: ComfyServer, scales, samples: int, seed: int, beta: float, quiet: bool = False):
+    rows: list[SweepRow] = []
+    jobs = [(f"RLG w={w:g}", w, rlg_graph(w, samples, seed, f"rlg_demo/w{w:g}")) for w in scales]
+    jobs += [(f"RL alone ({form})", None, rl_alone_graph(form, samples, seed, f"rlg_demo/rl_{form}"))
+             for form in ("lora", "full")]
+    for label, scale, graph in tqdm(jobs, desc=f"sampling {samples} images per setting via ComfyUI",
+                                    unit="prompt", disable=quiet):
+        x, seconds = _run(server, graph)
+        r = synthetic.reward(x)
+        share = float((synthetic.classify(x) == synthetic.REWARDED_MODE).float().mean())
+        rows.append(SweepRow(label, scale, float(r.mean()), share, None, seconds, x))
+    base_share = next(r.rewarded_share for r in rows if r.scale == 0.0)
+    for row in rows:
+        w = 1.0 if row.scale is None else row.scale
+        row.predicted_share = synthetic.predicted_share(base_share, w, beta)
+    return rows
+
+
+# ---------------------------------------------------------------- outputs
+
+def write_table(rows: list[SweepRow], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["setting", "rlg_scale", "mean_reward", "rewarded_share", "predicted_share", "seconds"])
+        for r in rows:
+            writer.writerow([r.label, "" if r.scale is None else r.scale, f"{r.mean_reward:.4f}",
+                             f"{r.rewarded_share:.4f}", f"{r.predicted_share:.4f}", f"{r.seconds:.2f}"])
+
+
+def write_plot(rows: list[SweepRow], beta: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dial = [r for r in rows if r.scale is not None]
+    base_share = next(r.rewarded_share for r in dial if r.scale == 0.0)
+    grid = torch.linspace(min(r.scale for r in dial), max(r.scale for r in dial), 100).tolist()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.plot(grid, [synthetic.predicted_share(base_share, w, beta) for w in grid], "--", color="gray",
+            label=r"predicted: base tilted by $\exp(w\,r/\beta)$")
+    ax.plot([r.scale for r in dial], [r.mean_reward for r in dial], "o-", color="tab:red", label="measured (RLG)")
+    rl_alone = [r for r in rows if r.scale is None]
+    ax.plot([1.0] * len(rl_alone), [r.mean_reward for r in rl_alone], "x", color="black", markersize=9,
+            label="RL model alone")
+    for r in dial:
+        if r.scale in (0.0, 1.0):
+            name = "base model" if r.scale == 0.0 else "RL model"
+            ax.annotate(name, (r.scale, r.mean_reward), textcoords="offset points", xytext=(8, -14))
+    ax.set_xlabel("rlg_scale w")
+    ax.set_ylabel("mean reward (share of red discs)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("RLG dial through ComfyUI: mean reward against rlg_scale")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_pictures(rows: list[SweepRow], path: Path, per_row: int = 16, pixels: int = 48) -> None:
+    from PIL import Image, ImageDraw
+
+    label_w, pad = 130, 4
+    img = Image.new("RGB", (label_w + per_row * (pixels + pad), len(rows) * (pixels + pad) + pad), "white")
+    draw = ImageDraw.Draw(img)
+    for i, row in enumerate(rows):
+        y = pad + i * (pixels + pad)
+        draw.text((6, y + pixels // 2 - 6), row.label, fill="black")
+        rgb = synthetic.to_rgb(row.samples[:per_row], pixels)
+        for j, tile in enumerate(rgb):
+            arr = (tile.permute(1, 2, 0) * 255).round().byte().numpy()
+            img.paste(Image.fromarray(arr), (label_w + j * (pixels + pad), y))
+    img.save(path)
+
+
+def summary(rows: list[SweepRow], manifest: dict, out_dir: Path, total_seconds: float) -> str:
+    lines = ["", "RLG demo: the same 'prompt', sampled by ComfyUI at each rlg_scale "
+             f"({rows[0].samples.shape[0]} samples, euler, 20 steps, cfg 1)",
+             f"{'setting':<18}{'mean reward':>12}{'red discs':>11}{'predicted':>11}{'seconds':>9}"]
+    for r in rows:
+        lines.append(f"{r.label:<18}{r.mean_reward:>12.3f}{r.rewarded_share:>11.3f}{r.predicted_share:>11.3f}"
+                     f"{r.seconds:>9.1f}")
+    lines += [
+        "reward: 1 for a red disc, 0 for the other three patterns. predicted: the base model's share",
+        f"tilted by exp(w r / beta), beta = {manifest['config']['beta']:.3f}: what RL with KL coefficient"
+        " beta / w would give.",
+        f"outputs in {out_dir}: sweep.csv, rlg_dial.png, samples.png   (total {total_seconds:.0f} s)",
+        f"models in {COMFY_DIR / 'models'}: diffusion_models/{BASE_FILE}, diffusion_models/{RL_FILE},",
+        f"  loras/{LORA_FILE}. To use them in the front-end: make demo-server, open http://127.0.0.1:8188",
+        "  and load the template ComfyUI-RLG > rlg_demo (example_workflows/rlg_demo.json).",
+    ]
+    return "\n".join(lines)
+
+
+def run(models_dir: Path, out_dir: Path, work_dir: Path, config: train.TrainConfig, scales=SCALES,
+        samples: int = 256, seed: int = 1, quiet: bool = False) -> tuple[list[SweepRow], dict]:
+    t0 = time.perf_counter()
+    manifest = ensure_models(models_dir, config, quiet)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    paths = work_dir / "extra_model_paths.yaml"
+    paths.write_text(f"rlg_demo:\n  base_path: {models_dir}\n  diffusion_models: diffusion_models\n"
+                     f"  loras: loras\n  custom_nodes: {DEMO_NODES}\n")
+    if not quiet:
+        print("starting ComfyUI with ComfyUI-RLG ...", flush=True)
+    server = ComfyServer(COMFY_DIR, work_dir, paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
+    try:
+        rows = sweep(server, scales, samples, seed, config.beta, quiet)
+    finally:
+        server.stop()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_table(rows, out_dir / "sweep.csv")
+    write_plot(rows, config.beta, out_dir / "rlg_dial.png")
+    write_pictures(rows, out_dir / "samples.png")
+    if not quiet:
+        print(summary(rows, manifest, out_dir, time.perf_counter() - t0))
+    return rows, manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=256, help="samples per setting (default 256)")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "demo", help="output folder")
+    args = parser.parse_args()
+    run(COMFY_DIR / "models", args.out, ROOT / ".comfy-host" / "demo-run", train.TrainConfig(), samples=args.samples)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""A tiny SD3/MMDiT network from ComfyUI's own class, so stock loaders detect it as SD3.
+
+hidden = 64 * depth (the detector's rule), so depth 2 gives hidden 128 and 2 heads; 16 latent
+channels, a 32-wide pooled vector, 64-wide text context, a 16x16 position table. 1.1 M params.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LATENT_CHANNELS, CONTEXT_DIM, POOLED_DIM = 16, 64, 32
+SHIFT = 3.0  # SD3's flow shift; ComfyUI samples the detected model with it
+
+
+def build_mmdit(qk_norm: str | None = None) -> torch.nn.Module:
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+
+    return OpenAISignatureMMDITWrapper(
+        input_size=None,
+        patch_size=2,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        depth=2,
+        adm_in_channels=POOLED_DIM,
+        context_embedder_config={"target": "torch.nn.Linear",
+                                 "params": {"in_features": CONTEXT_DIM, "out_features": 128}},
+        pos_embed_max_size=16,
+        num_patches=256,
+        qk_norm=qk_norm,
+        device="cpu",
+        dtype=torch.float32,
+        operations=comfy.ops.disable_weight_init,
+    )
+
+
+def seeded_state_dict(net: torch.nn.Module, seed: int, std: float) -> dict[str, torch.Tensor]:
+    """Deterministic weights: every tensor from one generator in sorted-key order; norm scales 1."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in sorted(net.state_dict().items()):
+        if key.endswith("norm.weight") or (".ln_" in key and key.endswith(".weight")):
+            tensor = torch.ones(value.shape)
+        else:
+            tensor = torch.randn(value.shape, generator=gen) * std
+        out[key] = tensor.to(torch.float32).contiguous()
+    return out
+
+
+def flow_sigmas(steps: int, shift: float = SHIFT) -> torch.Tensor:
+    """SD3's shifted flow schedule from 1 to 0 (what ComfyUI's 'simple' scheduler approximates)."""
+    t = torch.linspace(1.0, 0.0, steps + 1)
+    return shift * t / (1 + (shift - 1) * t)

@@ -1,0 +1,165 @@
+"""Train the demo's base model and its RL-tuned twin, deterministically from a seed.
+
+* Base: flow matching (SD3's parameterisation: x_s = (1 - s) x0 + s eps, the network predicts
+  eps - x0) on the synthetic mixture, conditioned on the demo prompt.
+* RL model: a LoRA on every linear layer, fine-tuned from the base by reward-weighted flow
+  matching on the base model's own samples. The maximiser of E_p[r] - beta KL(p || p_base) is
+  p_base exp(r / beta) / Z, and weighted maximum likelihood with weights exp(r / beta) on base
+  samples targets exactly that distribution (reward-weighted regression). Here the weighting is
+  done by resampling the base samples in proportion to exp(r / beta).
+
+Both are saved the way ComfyUI loads them: the base and the merged RL model as diffusion-model
+files (bare MMDiT keys, UNETLoader), the RL LoRA in ComfyUI's generic LoRA format
+(diffusion_model.<layer>.lora_up/lora_down/alpha, LoraLoaderModelOnly). The merged full model
+and base + LoRA are the same network, so both forms sample the same images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import synthetic
+import tiny_sd3
+import torch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    base_steps: int = 1200
+    base_batch: int = 128
+    base_lr: float = 2e-3
+    rl_samples: int = 2048  # base samples the reward is computed on
+    rl_sample_steps: int = 24  # Euler steps to draw them
+    rl_steps: int = 800
+    rl_batch: int = 128
+    rl_lr: float = 4e-3
+    lora_rank: int = 8
+    beta: float = 2.0 / 3.0  # KL coefficient: the RL model is the base tilted by exp(r / beta)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+Progress = Callable[[str, int, int, float], None]
+
+
+def _no_progress(stage: str, step: int, total: int, loss: float) -> None:
+    pass
+
+
+def _conditioning(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    context, pooled = synthetic.prompt_conditioning()
+    return context.expand(batch, -1, -1), pooled.expand(batch, -1)
+
+
+def predict(net: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The network's velocity (eps - x0) at noise level sigma, as ComfyUI calls it (t = 1000 sigma)."""
+    context, pooled = _conditioning(x.shape[0])
+    return net(x, sigma * 1000.0, context=context, y=pooled)
+
+
+def _flow_matching_loss(net: torch.nn.Module, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n = x0.shape[0]
+    # Logit-normal noise levels (as SD3 was trained), clamped away from the ends.
+    sigma = torch.sigmoid(torch.randn(n, generator=gen)).clamp(1e-3, 1 - 1e-3)
+    eps = torch.randn(x0.shape, generator=gen)
+    s = sigma[:, None, None, None]
+    x_s = (1 - s) * x0 + s * eps
+    return torch.nn.functional.mse_loss(predict(net, x_s, sigma), eps - x0)
+
+
+def _train(net, params, steps: int, lr: float, batches: Callable[[], torch.Tensor], gen, stage: str,
+           progress: Progress) -> None:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    for step in range(steps):
+        loss = _flow_matching_loss(net, batches(), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        progress(stage, step + 1, steps, loss.item())
+
+
+@torch.no_grad()
+def sample(net: torch.nn.Module, n: int, steps: int, gen: torch.Generator, batch: int = 512) -> torch.Tensor:
+    """Euler on the flow ODE with SD3's shifted schedule (what KSampler euler/simple does)."""
+    sigmas = tiny_sd3.flow_sigmas(steps)
+    out = []
+    for start in range(0, n, batch):
+        x = torch.randn(min(batch, n - start), tiny_sd3.LATENT_CHANNELS, synthetic.SIZE, synthetic.SIZE, generator=gen)
+        for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+            v = predict(net, x, s.expand(x.shape[0]))
+            x = x + (s_next - s) * v
+        out.append(x)
+    return torch.cat(out)
+
+
+def train_base(config: TrainConfig, progress: Progress = _no_progress) -> dict[str, torch.Tensor]:
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    net = tiny_sd3.build_mmdit()
+    net.load_state_dict(tiny_sd3.seeded_state_dict(net, config.seed, std=0.02))
+    net.train()
+    _train(net, list(net.parameters()), config.base_steps, config.base_lr,
+           lambda: synthetic.sample_data(config.base_batch, gen)[0], gen, "base", progress)
+    return {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+
+
+class _LoRA(torch.nn.Module):
+    """weight + up @ down, as a parametrization of a Linear's weight."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, gen: torch.Generator):
+        super().__init__()
+        self.down = torch.nn.Parameter(torch.randn(rank, in_features, generator=gen) / math.sqrt(in_features))
+        self.up = torch.nn.Parameter(torch.zeros(out_features, rank))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.up @ self.down
+
+
+def train_rl(base_sd: dict[str, torch.Tensor], config: TrainConfig,
+             progress: Progress = _no_progress) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """Fine-tune a LoRA towards the reward. Returns (full RL state dict, LoRA state dict, stats)."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(config.seed + 1)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    net = tiny_sd3.build_mmdit()
+    net.load_state_dict(base_sd)
+    net.eval()
+    base_samples = sample(net, config.rl_samples, config.rl_sample_steps, gen)
+    rewards = synthetic.reward(base_samples)
+    weights = torch.exp(rewards / config.beta)
+    stats = {"base_sample_reward": float(rewards.mean()), "base_sample_count": config.rl_samples}
+
+    for p in net.parameters():
+        p.requires_grad_(False)
+    loras: dict[str, _LoRA] = {}
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            lora = _LoRA(module.out_features, module.in_features, config.lora_rank, gen)
+            parametrize.register_parametrization(module, "weight", lora)
+            loras[name] = lora
+    params = [p for lora in loras.values() for p in lora.parameters()]
+
+    def batches() -> torch.Tensor:
+        idx = torch.multinomial(weights, config.rl_batch, replacement=True, generator=gen)
+        return base_samples[idx]
+
+    net.train()
+    _train(net, params, config.rl_steps, config.rl_lr, batches, gen, "rl", progress)
+
+    lora_sd: dict[str, torch.Tensor] = {}
+    full_sd = {k: v.clone() for k, v in base_sd.items()}
+    for name, lora in loras.items():
+        up, down = lora.up.detach().clone(), lora.down.detach().clone()
+        key = f"diffusion_model.{name}"
+        lora_sd[f"{key}.lora_up.weight"] = up.contiguous()
+        lora_sd[f"{key}.lora_down.weight"] = down.contiguous()
+        lora_sd[f"{key}.alpha"] = torch.tensor(float(config.lora_rank))  # alpha / rank = 1
+        full_sd[f"{name}.weight"] = (base_sd[f"{name}.weight"] + up @ down).contiguous()
+    return full_sd, lora_sd, stats

@@ -1,0 +1,137 @@
+"""The demo's data, training code and sweep, at a very small size (seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import comfy.lora
+import comfy.sd
+import pytest
+import run_demo
+import safetensors.torch
+import synthetic
+import torch
+import train
+
+import harness as h
+from comfy_server import ComfyServer
+from conftest import COMFY_DIR
+
+TINY = train.TrainConfig(base_steps=40, base_batch=32, rl_samples=64, rl_sample_steps=4, rl_steps=30, rl_batch=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    models = tmp_path_factory.mktemp("demo_models")
+    with torch.inference_mode(False):
+        manifest = run_demo.ensure_models(models, TINY, quiet=True)
+    return models, manifest
+
+
+def test_data_set_is_known_and_the_reward_is_per_mode():
+    gen = torch.Generator().manual_seed(0)
+    x, modes = synthetic.sample_data(2000, gen)
+    assert torch.equal(synthetic.classify(x), modes)
+    shares = torch.bincount(modes, minlength=4) / 2000
+    assert torch.allclose(shares, torch.tensor(synthetic.MODE_WEIGHTS), atol=0.03)
+    assert torch.equal(synthetic.reward(synthetic.patterns()), torch.tensor(synthetic.REWARDS))
+
+
+def test_predicted_share_is_the_beta_over_w_tilt():
+    base, beta = 0.15, 0.5
+    assert synthetic.predicted_share(base, 0.0, beta) == pytest.approx(base)
+    shares = [synthetic.predicted_share(base, w, beta) for w in (0, 0.5, 1, 2, 3)]
+    assert all(a < b for a, b in zip(shares, shares[1:], strict=False))
+    # Scale w with beta is the same as scale 1 with beta / w.
+    assert synthetic.predicted_share(base, 2.0, beta) == pytest.approx(synthetic.predicted_share(base, 1.0, beta / 2))
+
+
+def test_training_is_deterministic_and_learns():
+    with torch.inference_mode(False):
+        cfg = train.TrainConfig(base_steps=25, base_batch=32)
+        a, b = train.train_base(cfg), train.train_base(cfg)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        net = __import__("tiny_sd3").build_mmdit()
+        gen = torch.Generator().manual_seed(5)
+        x0 = synthetic.sample_data(256, gen)[0]
+        sigma = torch.full((256,), 0.5)
+        eps = torch.randn(x0.shape, generator=gen)
+        x = 0.5 * x0 + 0.5 * eps
+
+        def loss(sd):
+            net.load_state_dict(sd)
+            with torch.no_grad():
+                return float(torch.nn.functional.mse_loss(train.predict(net, x, sigma), eps - x0))
+
+        init = __import__("tiny_sd3").seeded_state_dict(net, 0, std=0.02)
+        assert loss(a) < 0.8 * loss(init)
+
+
+def test_saved_models_load_in_comfyui_and_lora_equals_full(tiny_models):
+    models, _ = tiny_models
+    base = comfy.sd.load_diffusion_model(str(models / "diffusion_models" / run_demo.BASE_FILE))
+    full = comfy.sd.load_diffusion_model(str(models / "diffusion_models" / run_demo.RL_FILE))
+    assert type(base.model).__name__ == "SD3" and type(full.model).__name__ == "SD3"
+    lora_sd = safetensors.torch.load_file(models / "loras" / run_demo.LORA_FILE)
+    key_map = comfy.lora.model_lora_keys_unet(base.model, {})
+    patches = comfy.lora.load_lora(lora_sd, key_map)
+    lora = base.clone()
+    assert len(lora.add_patches(patches, 1.0)) == len(patches) == len(lora_sd) // 3
+    context, pooled = synthetic.prompt_conditioning()
+    positive = [[context, {"pooled_output": pooled}]]
+    negative = [[torch.zeros_like(context), {"pooled_output": torch.zeros_like(pooled)}]]
+    kw = dict(positive=positive, negative=negative, cfg=1.0, steps=6, latent_image=torch.zeros(4, 16, 8, 8))
+    via_lora, via_full, via_base = h.ksample(lora, **kw), h.ksample(full, **kw), h.ksample(base, **kw)
+    assert h.max_diff(via_lora, via_full) <= 1e-4
+    assert h.max_diff(via_full, via_base) > 1e-3
+
+
+def test_model_cache_is_reused_and_checked(tiny_models, tmp_path):
+    models, manifest = tiny_models
+    again = run_demo.ensure_models(models, TINY, quiet=True)
+    assert again["sha256"] == manifest["sha256"] and again.get("train_seconds") == manifest["train_seconds"]
+    # A damaged file is noticed and the models are made again (into a copy, to keep the fixture intact).
+    copy = tmp_path / "models"
+    for sub in ("diffusion_models", "loras"):
+        (copy / sub).mkdir(parents=True)
+        for f in (models / sub).iterdir():
+            (copy / sub / f.name).write_bytes(f.read_bytes())
+    (copy / "loras" / run_demo.LORA_FILE).write_bytes(b"broken")
+    with torch.inference_mode(False):
+        remade = run_demo.ensure_models(copy, TINY, quiet=True)
+    assert remade["sha256"] == manifest["sha256"]  # deterministic: the same files again
+
+
+@pytest.mark.server
+def test_sweep_through_comfyui_at_small_size(tiny_models, tmp_path):
+    models, _ = tiny_models
+    rows, _ = run_demo.run(models, tmp_path / "out", tmp_path / "work", TINY, scales=(0.0, 1.0, 2.0), samples=8,
+                           quiet=True)
+    by_label = {r.label: r for r in rows}
+    w1, rl_lora, rl_full = by_label["RLG w=1"], by_label["RL alone (lora)"], by_label["RL alone (full)"]
+    assert torch.equal(w1.samples, rl_lora.samples)
+    assert h.max_diff(w1.samples, rl_full.samples) <= 1e-4
+    assert h.max_diff(by_label["RLG w=2"].samples, w1.samples) > 1e-3
+    for name in ("sweep.csv", "rlg_dial.png", "samples.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert len((tmp_path / "out" / "sweep.csv").read_text().splitlines()) == 1 + 3 + 2
+
+
+@pytest.mark.server
+def test_demo_example_workflow_runs(tiny_models, tmp_path):
+    models, _ = tiny_models
+    paths = tmp_path / "extra_model_paths.yaml"
+    paths.write_text(f"t:\n  base_path: {models}\n  diffusion_models: diffusion_models\n  loras: loras\n"
+                     f"  custom_nodes: {run_demo.DEMO_NODES}\n")
+    graph = json.loads((Path(__file__).parent / "workflows_api" / "rlg_demo.json").read_text())
+    graph["5"]["inputs"]["batch_size"] = 2
+    server = ComfyServer(COMFY_DIR, tmp_path / "work", paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
+    try:
+        templates = server.get("/workflow_templates")
+        entry = server.run_prompt(graph)
+    finally:
+        server.stop()
+    assert "rlg_demo" in templates.get("ComfyUI-RLG", []), templates
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(entry["outputs"]["8"]["images"]) == 2
