@@ -1,7 +1,7 @@
 # Every target sets up the ComfyUI host in .comfy-host/ first (idempotent, cached).
 PY := .comfy-host/venv/bin/python
 
-.PHONY: setup test test-quick lint demo demo-server
+.PHONY: setup test test-quick lint demo demo-server bench
 
 setup:
 	bash scripts/setup_host.sh
@@ -26,3 +26,7 @@ demo: setup
 demo-server: setup
 	cd .comfy-host/ComfyUI && ../venv/bin/python main.py --cpu --listen 127.0.0.1 --port 8188 \
 		--extra-model-paths-config $(CURDIR)/demo/extra_model_paths.yaml
+
+## bench: RLG time and memory against the models alone (prints a table, writes benchmarks/results/)
+bench: setup
+	$(PY) benchmarks/bench_rlg.py

@@ -12,7 +12,8 @@ LATENT_CHANNELS, CONTEXT_DIM, POOLED_DIM = 16, 64, 32
 SHIFT = 3.0  # SD3's flow shift; ComfyUI samples the detected model with it
 
 
-def build_mmdit(qk_norm: str | None = None) -> torch.nn.Module:
+def build_mmdit(qk_norm: str | None = None, depth: int = 2) -> torch.nn.Module:
+    """depth 2 is the demo/test model; larger depths (hidden 64 * depth) are for benchmarks."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 
@@ -21,10 +22,10 @@ def build_mmdit(qk_norm: str | None = None) -> torch.nn.Module:
         patch_size=2,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        depth=2,
+        depth=depth,
         adm_in_channels=POOLED_DIM,
         context_embedder_config={"target": "torch.nn.Linear",
-                                 "params": {"in_features": CONTEXT_DIM, "out_features": 128}},
+                                 "params": {"in_features": CONTEXT_DIM, "out_features": 64 * depth}},
         pos_embed_max_size=16,
         num_patches=256,
         qk_norm=qk_norm,

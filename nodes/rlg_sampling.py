@@ -18,6 +18,7 @@ import comfy.patcher_extension
 import comfy.samplers
 import torch
 
+from .batched_lora import LoRABypass
 from .model_pair import ADDITIONAL_MODELS_KEY, RLModelPair
 from .patch_diff import added_entries, merge_entries
 from .rlg_math import SigmaWindow, blend_prediction_lists, plan_step
@@ -33,8 +34,10 @@ _PATCHER_OWNED = ("wrappers", "callbacks")
 class RLGCondBatchWrapper:
     """The CALC_COND_BATCH wrapper RLG installs; one per RLG Apply / RLG Guider."""
 
-    def __init__(self, pair: RLModelPair, rlg_scale: float, start_percent: float, end_percent: float):
+    def __init__(self, pair: RLModelPair, rlg_scale: float, start_percent: float, end_percent: float,
+                 bypass: LoRABypass | None = None):
         self.pair = pair
+        self.bypass = bypass
         self.rlg_scale = rlg_scale
         self.start_percent = start_percent
         self.end_percent = end_percent
@@ -48,6 +51,8 @@ class RLGCondBatchWrapper:
         sampling = model.model_sampling  # with the patcher's object patches (shift etc.) applied
         window = SigmaWindow.from_percents(self.start_percent, self.end_percent, sampling.percent_to_sigma)
         plan = plan_step(float(timestep.flatten()[0]), window, self.rlg_scale)
+        if self.bypass is not None:
+            return self.bypass.evaluate(executor, model, conds, x_in, timestep, model_options, plan)
 
         base_out = executor(model, conds, x_in, timestep, model_options) if plan.run_base else None
         rl_out = self._rl_predictions(model, conds, x_in, timestep, model_options) if plan.run_rl else None
@@ -114,5 +119,5 @@ def install(patcher: Any, wrapper: RLGCondBatchWrapper) -> None:
         patcher.set_additional_models(
             ADDITIONAL_MODELS_KEY, patcher.get_additional_models_with_key(ADDITIONAL_MODELS_KEY) + [pair.rl_patcher]
         )
-    elif pair.mode == "shared" and pair.switch is not None:
+    elif pair.mode == "shared" and pair.switch is not None and wrapper.bypass is None:
         pair.switch.install(patcher)

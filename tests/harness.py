@@ -111,6 +111,16 @@ def schedule(model, steps: int = 4, scheduler: str = "simple") -> torch.Tensor:
     return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
 
 
+def tolerance(ref: torch.Tensor, rel: float = 1e-5) -> float:
+    """Float tolerance for an identity: rel * (1 + max |ref|).
+
+    Two exact computations can still round differently (a LoRA merged into the weight against the
+    same LoRA added in the forward), and latents are scaled (1 / 0.18215 for SD1.5), so the bound
+    follows the reference's magnitude.
+    """
+    return rel * (1.0 + float(ref.detach().abs().max()))
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().abs().max())
 

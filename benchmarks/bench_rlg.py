@@ -1,0 +1,279 @@
+"""RLG cost against its floor: time and memory of RLG sampling versus the models alone.
+
+    make bench            (or: .comfy-host/venv/bin/python benchmarks/bench_rlg.py [--quick])
+
+RLG needs a base and an RL prediction per blended step, so the floor is t_base + t_rl. This script
+samples, in one run and interleaved, with medians over repetitions, on SD3/MMDiT-shaped models of
+two sizes (random weights, real ComfyUI sampling on this machine's device):
+
+  time    t_base, t_rl, t_rlg                       -> t_rlg / (t_base + t_rl)     (target <= 1.05)
+          t_base, t_lora, t_rlg(LoRA on shared base) -> t_rlg / (t_base + t_lora) (target <= 1.10)
+          t_rlg with the batched LoRA path            -> same ratio, "well under 1" where batching pays
+          50% window                                   -> against 0.5 * full + 0.5 * RL alone (within 5%)
+  memory  peak resident memory of each case in a fresh process; RLG's extra over base-only sampling,
+          against the RL weights' size (full; target <= +10%) and the LoRA's size (target <= 2x)
+
+It prints the machine, a table and the ratios, and writes benchmarks/results/*.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFY_DIR = ROOT / ".comfy-host" / "ComfyUI"
+sys.path[:0] = [str(COMFY_DIR), str(ROOT / "demo"), str(ROOT / "tests")]
+
+SIZES = {
+    # name: (depth, latent side, steps, batch); hidden = 64 * depth
+    "tiny": (2, 8, 8, 2),      # 1.1 M params, 16 image tokens: per-call overhead dominates
+    "small": (6, 32, 6, 1),    # 31 M params, 256 image tokens: the network's compute dominates
+}
+QUICK_SIZES = {"tiny": (2, 8, 4, 2), "small": (4, 16, 4, 1)}
+CASES = ("base", "rl", "rlg", "lora", "rlg_lora", "rlg_lora_batched", "rlg_lora_wrappers", "rlg_window50")
+
+
+def _setup_comfy():
+    import comfy.cli_args
+
+    if os.environ.get("RLG_BENCH_DEVICE", "cpu") == "cpu":
+        comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401
+
+
+def _load_pack():
+    import importlib.util
+
+    if "comfyui_rlg" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("comfyui_rlg", ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["comfyui_rlg"] = module
+        spec.loader.exec_module(module)
+    from comfyui_rlg.nodes.apply import apply_rlg
+
+    return apply_rlg
+
+
+def _with_weight_wrappers(base, lora):
+    """RLG on a LoRA pair through the general weight-wrapper path, which non-plain LoRAs take."""
+    _load_pack()
+    from comfyui_rlg.nodes.model_pair import build_pair
+    from comfyui_rlg.nodes.rlg_sampling import RLGCondBatchWrapper, install
+
+    patched = base.clone()
+    install(patched, RLGCondBatchWrapper(build_pair(base, lora), 1.5, 0.0, 1.0, bypass=None))
+    return patched
+
+
+class Bench:
+    """Models and inputs of one size, and a runner per case."""
+
+    def __init__(self, size: str, sizes: dict, need: tuple[str, ...] = ("rl", "lora")):
+        import comfy.lora
+        import comfy.sd
+        import tiny_sd3
+        import torch
+
+        import tiny_models
+
+        self.torch = torch
+        self.depth, self.side, self.steps, self.batch = sizes[size]
+        net = tiny_sd3.build_mmdit(depth=self.depth)
+        base_sd = tiny_sd3.seeded_state_dict(net, 0, std=0.02)
+        del net
+        self.params = sum(v.numel() for v in base_sd.values())
+        self.rl_bytes = sum(v.numel() * v.element_size() for v in base_sd.values())  # same shapes as the base
+        self.lora_bytes = 0
+        self.base = comfy.sd.load_diffusion_model_state_dict(dict(base_sd))
+        self.rl = self.lora = None
+        # Build only what is asked for: memory children must not hold (or have held) the others.
+        if "rl" in need:
+            self.rl = comfy.sd.load_diffusion_model_state_dict(tiny_models.perturbed(base_sd, 1, rel=0.1))
+        if "lora" in need:
+            lora_sd = tiny_models.lora_for(base_sd, 7, rank=16, match="attn")
+            self.lora_bytes = sum(v.numel() * v.element_size() for v in lora_sd.values())
+            self.lora = self.base.clone()
+            key_map = comfy.lora.model_lora_keys_unet(self.base.model, {})
+            self.lora.add_patches(comfy.lora.load_lora(lora_sd, key_map))
+            del lora_sd
+        del base_sd
+        self.positive, self.negative = tiny_models.tiny_conds("sd3", self.batch, 0)
+        self.latent = torch.zeros(self.batch, 16, self.side, self.side)
+
+    def model_for(self, case: str):
+        apply_rlg = _load_pack()
+        return {
+            "base": lambda: self.base,
+            "rl": lambda: self.rl,
+            "lora": lambda: self.lora,
+            "rlg": lambda: apply_rlg(self.base, self.rl, 1.5, 0.0, 1.0),
+            "rlg_lora": lambda: apply_rlg(self.base, self.lora, 1.5, 0.0, 1.0, batched=False),
+            "rlg_lora_wrappers": lambda: _with_weight_wrappers(self.base, self.lora),
+            "rlg_lora_batched": lambda: apply_rlg(self.base, self.lora, 1.5, 0.0, 1.0, batched=True),
+            "rlg_window50": lambda: apply_rlg(self.base, self.rl, 1.5, 0.5, 1.0),
+        }[case]()
+
+    def run(self, case: str) -> float:
+        import comfy.model_management
+        import comfy.sample
+
+        model = self.model_for(case)
+        noise = comfy.sample.prepare_noise(self.latent, 1)
+        with self.torch.inference_mode():
+            t0 = time.perf_counter()
+            comfy.sample.sample(model, noise, self.steps, 3.0, "euler", "simple", self.positive, self.negative,
+                                self.latent, disable_pbar=True, seed=1)
+            comfy.model_management.soft_empty_cache()
+            if self.torch.cuda.is_available() and os.environ.get("RLG_BENCH_DEVICE") == "cuda":
+                self.torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def memory_child(size: str, case: str, quick: bool) -> None:
+    """In a fresh process: load only what the case needs, then the peak resident memory of sampling.
+
+    Load-time garbage is returned to the OS (malloc_trim) and the kernel's peak counter (VmHWM) is
+    reset after loading (clear_refs 5), so the figure is the peak while sampling: the resident
+    models plus what the sampling allocates.
+    """
+    import gc
+
+    _setup_comfy()
+    need = ("rl",) if case in ("rl", "rlg", "rlg_window50") else ("lora",) if "lora" in case else ()
+    bench = Bench(size, QUICK_SIZES if quick else SIZES, need)
+    gc.collect()
+    try:  # give load-time garbage back to the OS, so what stays resident is the models themselves
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the figure is then the lifetime peak
+    loaded = _status_mb("VmRSS")
+    bench.run(case)
+    print(json.dumps({"peak_mb": _status_mb("VmHWM"), "loaded_mb": loaded}))
+
+
+def measure_memory(size: str, quick: bool) -> dict[str, float]:
+    out = {}
+    for case in CASES:
+        proc = subprocess.run([sys.executable, __file__, "--memory-child", size, case] + (["--quick"] if quick else []),
+                              capture_output=True, text=True, check=True)
+        out[case] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+    return out
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if os.environ.get("RLG_BENCH_DEVICE") == "cuda" else "CPU"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"device {device}, python {platform.python_version()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per case (median reported)")
+    parser.add_argument("--quick", action="store_true", help="smaller models and fewer steps (a smoke run)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory processes")
+    parser.add_argument("--memory-child", nargs=2, metavar=("SIZE", "CASE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(*args.memory_child, args.quick)
+        return
+
+    _setup_comfy()
+    sizes = QUICK_SIZES if args.quick else SIZES
+    results_dir = ROOT / "benchmarks" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}")
+    rows = []
+    for size in sizes:
+        bench = Bench(size, sizes)
+        print(f"\n[{size}] MMDiT depth {bench.depth} ({bench.params / 1e6:.1f} M params), latent {bench.side}x"
+              f"{bench.side}, batch {bench.batch}, {bench.steps} euler steps, cfg 3 (cond+uncond batched)", flush=True)
+        for case in CASES:  # warm-up: load every model, compile nothing, fill caches
+            bench.run(case)
+        times: dict[str, list[float]] = {c: [] for c in CASES}
+        for rep in range(args.reps):
+            order = CASES[rep % len(CASES):] + CASES[:rep % len(CASES)]  # rotate, so drift spreads evenly
+            for case in order:
+                times[case].append(bench.run(case))
+        med = {c: statistics.median(v) for c, v in times.items()}
+        mem = {} if args.no_memory else measure_memory(size, args.quick)
+        rl_mb, lora_mb = bench.rl_bytes / 2**20, bench.lora_bytes / 2**20
+        ratios = {
+            "full: t_rlg / (t_base + t_rl)": (med["rlg"] / (med["base"] + med["rl"]), 1.05),
+            "LoRA: t_rlg / (t_base + t_lora)": (med["rlg_lora"] / (med["base"] + med["lora"]), 1.10),
+            "LoRA batched: t_rlg / (t_base + t_lora)": (med["rlg_lora_batched"] / (med["base"] + med["lora"]), 1.0),
+            "LoRA weight wrappers: t / (t_base + t_lora)": (med["rlg_lora_wrappers"] / (med["base"] + med["lora"]),
+                                                           1.10),
+            "window 50%: t / (0.5 t_rlg + 0.5 t_rl)": (med["rlg_window50"] / (0.5 * med["rlg"] + 0.5 * med["rl"]),
+                                                       1.05),
+        }
+        print(f"{'case':<18}{'median s':>10}{'min s':>9}{'peak RSS MB':>13}")
+        for case in CASES:
+            peak = f"{mem[case]:.0f}" if mem else "-"
+            print(f"{case:<18}{med[case]:>10.3f}{min(times[case]):>9.3f}{peak:>13}")
+        for name, (value, target) in ratios.items():
+            verdict = "ok" if value <= target else "over target"
+            print(f"  {name:<42} {value:6.3f}   (target <= {target:.2f}: {verdict})")
+        if mem:
+            extra_full, extra_lora = mem["rlg"] - mem["base"], mem["rlg_lora"] - mem["base"]
+            extra_batched = mem["rlg_lora_batched"] - mem["base"]
+            extra_wrappers = mem["rlg_lora_wrappers"] - mem["base"]
+            print(f"  extra memory, full RL:  {extra_full:7.1f} MB  vs RL weights {rl_mb:.1f} MB "
+                  f"(target <= {1.1 * rl_mb:.1f})")
+            print(f"  extra memory, LoRA RL:  {extra_lora:7.1f} MB  vs LoRA {lora_mb:.1f} MB "
+                  f"(target <= {2 * lora_mb:.1f}); batched {extra_batched:.1f} MB (one more batch of "
+                  f"activations); weight wrappers {extra_wrappers:.1f} MB; LoRA alone (stock, in place) "
+                  f"{mem['lora'] - mem['base']:.1f} MB")
+        for case in CASES:
+            rows.append({"size": size, "case": case, "median_s": f"{med[case]:.4f}", "min_s": f"{min(times[case]):.4f}",
+                         "reps": args.reps, "peak_rss_mb": f"{mem.get(case, float('nan')):.1f}",
+                         "params_m": f"{bench.params / 1e6:.2f}", "rl_weights_mb": f"{rl_mb:.2f}",
+                         "lora_mb": f"{lora_mb:.2f}"})
+        for name, (value, _target) in ratios.items():
+            rows.append({"size": size, "case": name, "median_s": f"{value:.4f}", "min_s": "", "reps": args.reps,
+                         "peak_rss_mb": "", "params_m": "", "rl_weights_mb": "", "lora_mb": ""})
+        del bench
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = results_dir / f"bench-{'quick-' if args.quick else ''}{stamp}.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nmachine: {machine()}\nCSV: {path}")
+
+
+if __name__ == "__main__":
+    main()
