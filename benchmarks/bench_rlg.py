@@ -101,7 +101,8 @@ class Bench:
         if "rl" in need:
             self.rl = comfy.sd.load_diffusion_model_state_dict(tiny_models.perturbed(base_sd, 1, rel=0.1))
         if "lora" in need:
-            lora_sd = tiny_models.lora_for(base_sd, 7, rank=16, match="attn")
+            # rank 64 on every linear layer: big enough that its size stands above RSS noise
+            lora_sd = tiny_models.lora_for(base_sd, 7, rank=64, match="")
             self.lora_bytes = sum(v.numel() * v.element_size() for v in lora_sd.values())
             self.lora = self.base.clone()
             key_map = comfy.lora.model_lora_keys_unet(self.base.model, {})

@@ -137,10 +137,11 @@ class LoRABypass:
                     "this model does not keep the batch first. Please report it. Loading the RL model as a "
                     "separate merged file avoids this path."
                 )
+            in_place = not torch.is_grad_enabled()  # sampling: the output is ours to change
             if bool(rows.all()):
-                return output + layer.delta(x)
-            out = output.clone()
-            out[rows] = output[rows] + layer.delta(x[rows])
+                return output.add_(layer.delta(x)) if in_place else output + layer.delta(x)
+            out = output if in_place else output.clone()
+            out[rows] += layer.delta(x[rows])
             return out
 
         return hook

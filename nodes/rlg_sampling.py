@@ -42,6 +42,9 @@ class RLGCondBatchWrapper:
         self.start_percent = start_percent
         self.end_percent = end_percent
         self._late_patches_checked_for: int | None = None  # id of the sampled patcher last checked
+        # The sampler passes the same model_options dict at every step of a run: build the RL
+        # pass's options once per dict, not once per step.
+        self._rl_options_cache: tuple[dict, dict] | None = None
 
     def __call__(self, executor: Callable, model: Any, conds: Sequence, x_in: torch.Tensor,
                  timestep: torch.Tensor, model_options: dict) -> list[torch.Tensor]:
@@ -87,6 +90,9 @@ class RLGCondBatchWrapper:
         transformer_options (sample_sigmas, PAG/SLG replacements for one extra pass, patches
         connected after RLG) belongs to the step and is carried over.
         """
+        cached = self._rl_options_cache
+        if cached is not None and cached[0] is model_options:
+            return cached[1]
         rl = self.pair.rl_patcher
         options = comfy.model_patcher.create_model_options_clone(rl.model_options)
         to = options.setdefault("transformer_options", {})
@@ -95,6 +101,7 @@ class RLGCondBatchWrapper:
         step_added = added_entries(model_options.get("transformer_options", {}),
                                    self.pair.base_transformer_options, skip=_PATCHER_OWNED)
         merge_entries(to, step_added)
+        self._rl_options_cache = (model_options, options)
         return options
 
     def _warn_if_patched_after(self, model: Any) -> None:
