@@ -10,8 +10,11 @@ two sizes (random weights, real ComfyUI sampling on this machine's device):
           t_base, t_lora, t_rlg(LoRA on shared base) -> t_rlg / (t_base + t_lora) (target <= 1.10)
           t_rlg with the batched LoRA path            -> same ratio, "well under 1" where batching pays
           50% window                                   -> against 0.5 * full + 0.5 * RL alone (within 5%)
-  memory  peak resident memory of each case in a fresh process; RLG's extra over base-only sampling,
-          against the RL weights' size (full; target <= +10%) and the LoRA's size (target <= 2x)
+  memory  peak resident memory of each case in a fresh process (GPU: peak allocated device memory);
+          RLG's extra over base-only sampling, against the RL weights' size (full; target <= +10%)
+          and the LoRA's size (target <= 2x)
+
+On a GPU machine: RLG_BENCH_DEVICE=cuda make bench.
 
 It prints the machine, a table and the ratios, and writes benchmarks/results/*.csv.
 """
@@ -172,8 +175,14 @@ def memory_child(size: str, case: str, quick: bool) -> None:
     except OSError:
         pass  # not Linux, or not allowed: the figure is then the lifetime peak
     loaded = _status_mb("VmRSS")
+    on_gpu = os.environ.get("RLG_BENCH_DEVICE") == "cuda"
+    if on_gpu:  # on a GPU what matters is device memory: the allocator's peak during sampling
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     bench.run(case)
-    print(json.dumps({"peak_mb": _status_mb("VmHWM"), "loaded_mb": loaded}))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else _status_mb("VmHWM")
+    print(json.dumps({"peak_mb": peak, "loaded_mb": loaded}))
 
 
 def measure_memory(size: str, quick: bool) -> dict[str, float]:
@@ -241,7 +250,7 @@ def main() -> None:
             "window 50%: t / (0.5 t_rlg + 0.5 t_rl)": (med["rlg_window50"] / (0.5 * med["rlg"] + 0.5 * med["rl"]),
                                                        1.05),
         }
-        print(f"{'case':<18}{'median s':>10}{'min s':>9}{'peak RSS MB':>13}")
+        print(f"{'case':<18}{'median s':>10}{'min s':>9}{'peak mem MB':>13}")
         for case in CASES:
             peak = f"{mem[case]:.0f}" if mem else "-"
             print(f"{case:<18}{med[case]:>10.3f}{min(times[case]):>9.3f}{peak:>13}")
