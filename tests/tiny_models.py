@@ -101,3 +101,26 @@ def tiny_conds(family: str = "sd3", batch: int = 1, seed: int = 0):
         else:
             out.append([[torch.randn(batch, 8, SD15_CONTEXT_DIM, generator=gen), {}]])
     return out[0], out[1]
+
+
+def peft_lora_for_sd3(model, seed: int, rank: int = 4, scale: float = 0.5) -> dict[str, torch.Tensor]:
+    """A PEFT/diffusers-format LoRA on the attention q/k/v of a loaded tiny SD3 (as Flow-GRPO saves).
+
+    Keys: base_model.model.transformer_blocks.N.attn.to_q.lora_A.weight / lora_B.weight; no alpha
+    (PEFT keeps lora_alpha in adapter_config.json).
+    """
+    import comfy.utils
+
+    gen = torch.Generator().manual_seed(seed)
+    mapping = comfy.utils.mmdit_to_diffusers(model.model.model_config.unet_config, output_prefix="diffusion_model.")
+    hidden = model.model.diffusion_model.x_embedder.proj.weight.shape[0]
+    out = {}
+    for key in sorted(mapping):
+        if ".attn.to_" not in key or not key.endswith(".weight") or key.startswith("single"):
+            continue
+        if not any(f".attn.to_{n}.weight" in key for n in ("q", "k", "v")):
+            continue
+        prefix = "base_model.model." + key[: -len(".weight")]
+        out[prefix + ".lora_A.weight"] = torch.randn(rank, hidden, generator=gen) / hidden**0.5
+        out[prefix + ".lora_B.weight"] = torch.randn(hidden, rank, generator=gen) * scale / rank**0.5
+    return out

@@ -1,0 +1,87 @@
+"""PEFT-format LoRAs (Flow-GRPO) keep alpha in adapter_config.json: load them at trained strength."""
+
+import json
+import logging
+
+import comfy.sd
+import pytest
+import safetensors.torch
+
+import harness as h
+import tiny_models as tm
+from comfyui_rlg.nodes.nodes_lora import RLGLoraLoaderModelOnly, load_peft_aware
+from comfyui_rlg.nodes.peft_alpha import alpha_keys, find_adapter_config, needs_alpha
+
+
+@pytest.fixture
+def peft_lora(tmp_path):
+    base = h.load_model("sd3")
+    sd = tm.peft_lora_for_sd3(base, seed=3)
+    folder = tmp_path / "flow_grpo_pickscore"
+    folder.mkdir()
+    path = folder / "adapter_model.safetensors"
+    safetensors.torch.save_file(sd, path)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "peft_type": "LORA"}))
+    return base, sd, path
+
+
+def stock(model, sd, strength):
+    return comfy.sd.load_lora_for_models(model, None, dict(sd), strength, 0)[0]
+
+
+def test_peft_lora_is_recognised_and_its_config_found(peft_lora):
+    _, sd, path = peft_lora
+    assert needs_alpha(sd)
+    assert find_adapter_config(path).name == "adapter_config.json"
+    alphas = alpha_keys(sd, {"lora_alpha": 8, "r": 4})
+    assert len(alphas) == len(sd) // 2 and all(float(v) == 8.0 for v in alphas.values())
+    assert not needs_alpha(sd | alphas)
+    rs = alpha_keys(sd, {"lora_alpha": 8, "use_rslora": True})
+    assert all(float(v) == pytest.approx(8.0 * 4 / 4**0.5) for v in rs.values())
+    pattern = alpha_keys(sd, {"lora_alpha": 8, "alpha_pattern": {"attn.to_q": 2}})
+    assert {float(v) for k, v in pattern.items() if ".to_q." in k} == {2.0}
+
+
+def test_loader_applies_the_trained_scale(peft_lora):
+    base, sd, path = peft_lora
+    # lora_alpha 8 / r 4 = scale 2: our strength 1 is the stock loader's strength 2.
+    ours = h.ksample(load_peft_aware(base, str(path), 1.0))
+    assert h.max_diff(ours, h.ksample(stock(base, sd, 2.0))) <= h.tolerance(ours)
+    assert h.max_diff(ours, h.ksample(stock(base, sd, 1.0))) > 1e-3
+
+
+def test_missing_config_warns_and_loads_like_the_stock_loader(peft_lora, caplog):
+    base, sd, path = peft_lora
+    (path.parent / "adapter_config.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        out = h.ksample(load_peft_aware(base, str(path), 1.0))
+    assert "adapter_config.json" in caplog.text and "scale 1" in caplog.text
+    assert h.max_diff(out, h.ksample(stock(base, sd, 1.0))) <= h.tolerance(out)
+
+
+def test_renamed_file_with_its_config_beside_it(tmp_path, peft_lora):
+    base, sd, _ = peft_lora
+    path = tmp_path / "sd3.5m_flow_grpo_pickscore.safetensors"
+    safetensors.torch.save_file(sd, path)
+    (tmp_path / "sd3.5m_flow_grpo_pickscore.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    out = h.ksample(load_peft_aware(base, str(path), 1.0))
+    assert h.max_diff(out, h.ksample(stock(base, sd, 2.0))) <= h.tolerance(out)
+
+
+def test_non_peft_lora_loads_exactly_as_stock(tmp_path):
+    base = h.load_model("sd3")
+    sd = tm.lora_for({k: v for k, v in base.model.diffusion_model.state_dict().items()}, 7)
+    path = tmp_path / "plain.safetensors"
+    safetensors.torch.save_file(sd, path)
+    assert not needs_alpha(sd)
+    assert h.max_diff(h.ksample(load_peft_aware(base, str(path), 0.7)), h.ksample(stock(base, sd, 0.7))) == 0.0
+
+
+def test_rlg_with_a_peft_lora_rl_model(peft_lora):
+    from comfyui_rlg.nodes.apply import apply_rlg
+
+    base, _, path = peft_lora
+    rl = load_peft_aware(base, str(path), 1.0)
+    ref_rl = h.ksample(rl)
+    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), ref_rl) <= h.tolerance(ref_rl)
+    assert RLGLoraLoaderModelOnly.define_schema().node_id == "RLGLoraLoaderModelOnly"
