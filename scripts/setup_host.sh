@@ -30,7 +30,7 @@ HOST_PKGS=(
   SQLAlchemy "av>=14.2.0" "pydantic~=2.0" "pydantic-settings~=2.0" requests
 )
 # What the project's tests, demo and benchmarks use on top of the host.
-DEV_PKGS=(pytest matplotlib ruff==0.17.6)
+DEV_PKGS=(pytest matplotlib ruff==0.17.6 playwright==1.65.2)
 
 log() { printf '[setup-host] %s\n' "$*"; }
 stamp_ok() { [[ -f "$HOST/.stamp-$1" && "$(cat "$HOST/.stamp-$1")" == "$2" ]]; }
@@ -55,6 +55,15 @@ if ! stamp_ok packages "$pkgs_key"; then
   stamp_set packages "$pkgs_key"
 else
   log "packages up to date"
+fi
+
+# 2b. Chromium, for the tests that drive the real front-end (playwright uses the system browser;
+#     `playwright install` would try to download one and fails on these machines).
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing Debian's chromium for the front-end tests"
+  SUDO=""; [[ "$(id -u)" == "0" ]] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 # 3. The ComfyUI tree.

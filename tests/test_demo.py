@@ -110,7 +110,8 @@ def test_sweep_through_comfyui_at_small_size(tiny_models, tmp_path):
                            quiet=True)
     by_label = {r.label: r for r in rows}
     w1, rl_lora, rl_full = by_label["RLG w=1"], by_label["RL alone (lora)"], by_label["RL alone (full)"]
-    assert torch.equal(w1.samples, rl_lora.samples)
+    # The LoRA runs as a forward-hook bypass in RLG and merged into the weights alone: equal to rounding.
+    assert h.max_diff(w1.samples, rl_lora.samples) <= h.tolerance(rl_lora.samples)
     assert h.max_diff(w1.samples, rl_full.samples) <= 1e-4
     assert h.max_diff(by_label["RLG w=2"].samples, w1.samples) > 1e-3
     for name in ("sweep.csv", "rlg_dial.png", "samples.png"):

@@ -1,0 +1,264 @@
+"""Build example_workflows/*.json and their API twins in the real ComfyUI front-end.
+
+    .comfy-host/venv/bin/python scripts/build_workflows.py
+
+Each workflow is described below as nodes (type, widget values by name) and links (by input
+name). The script starts the host ComfyUI with this pack and the demo nodes, creates each graph in
+the front-end (LiteGraph.createNode, widgets set by name, links by input name), and saves the
+front-end's own serialisation (the UI workflow) and graphToPrompt()'s output (the API twin, in
+tests/workflows_api/). No format is converted by hand. Needs Chromium (apt: chromium) and the
+playwright package, which scripts/setup_host.sh installs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "demo"))
+
+SD35 = "sd3.5_medium.safetensors"
+CLIPS_SD35 = {"clip_name1": "clip_g.safetensors", "clip_name2": "clip_l.safetensors",
+              "clip_name3": "t5xxl_fp16.safetensors"}
+PICKSCORE = "sd3.5m_flow_grpo_pickscore/adapter_model.safetensors"
+TEXT_LORA = "sd3.5m_flow_grpo_text/adapter_model.safetensors"
+SD15 = "v1-5-pruned-emaonly.safetensors"
+DPO15 = "dpo-sd1.5-text2image-v1.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+SPO_XL = "spo_sdxl_4k-p_10ep_lora_webui.safetensors"
+
+
+def note(text: str) -> dict:
+    return {"type": "Note", "widgets": {"text": text}, "pos": [40, 560], "size": [420, 260]}
+
+
+def sd35_text2img(rl_lora: str, prompt: str, negative: str, extra_note: str) -> tuple[dict, list]:
+    nodes = {
+        "ckpt": {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": SD35}, "pos": [40, 80]},
+        "clip": {"type": "TripleCLIPLoader", "widgets": CLIPS_SD35, "pos": [40, 260]},
+        "rl": {"type": "RLGLoraLoaderModelOnly", "widgets": {"lora_name": rl_lora, "strength_model": 1.0},
+               "pos": [480, 40]},
+        "pos": {"type": "CLIPTextEncode", "widgets": {"text": prompt}, "pos": [480, 220]},
+        "neg": {"type": "CLIPTextEncode", "widgets": {"text": negative}, "pos": [480, 420]},
+        "rlg": {"type": "RLGApply", "widgets": {"rlg_scale": 1.6, "start_percent": 0.0, "end_percent": 1.0},
+                "pos": [900, 40]},
+        "latent": {"type": "EmptySD3LatentImage", "widgets": {"width": 512, "height": 512, "batch_size": 1},
+                   "pos": [900, 260]},
+        "sampler": {"type": "KSampler", "widgets": {"seed": 42, "control_after_generate": "fixed", "steps": 20,
+                                                    "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform",
+                                                    "denoise": 1.0}, "pos": [1260, 40]},
+        "decode": {"type": "VAEDecode", "widgets": {}, "pos": [1620, 40]},
+        "save": {"type": "SaveImage", "widgets": {"filename_prefix": "rlg"}, "pos": [1620, 160]},
+        "note": note(extra_note),
+    }
+    links = [("ckpt", 0, "rl", "model"), ("ckpt", 0, "rlg", "model"), ("rl", 0, "rlg", "rl_model"),
+             ("clip", 0, "pos", "clip"), ("clip", 0, "neg", "clip"), ("rlg", 0, "sampler", "model"),
+             ("pos", 0, "sampler", "positive"), ("neg", 0, "sampler", "negative"),
+             ("latent", 0, "sampler", "latent_image"), ("sampler", 0, "decode", "samples"),
+             ("ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")]
+    return nodes, links
+
+
+FILES_SD35 = (f"checkpoints/{SD35} (stabilityai/stable-diffusion-3.5-medium); clip/clip_g.safetensors, "
+              "clip/clip_l.safetensors, clip/t5xxl_fp16.safetensors (its text_encoders folder)")
+
+
+def workflows() -> dict[str, tuple[dict, list]]:
+    out = {}
+    out["rlg_sd35_flowgrpo_pickscore"] = sd35_text2img(
+        PICKSCORE,
+        "a photo of a fox reading a book in a sunlit library, detailed fur, warm light",
+        "blurry, low quality",
+        "RLG: SD3.5-Medium + Flow-GRPO PickScore LoRA (the paper's main setting: 20 steps, euler, cfg 4.5, "
+        "rlg_scale 1.6, 512x512).\n\nModels: " + FILES_SD35 + f"; loras/{PICKSCORE} with its adapter_config.json "
+        "beside it (jieliu/SD3.5M-FlowGRPO-PickScore).\n\nLoad LoRA (PEFT aware) reads lora_alpha from "
+        "adapter_config.json; the stock LoRA loader would apply it at half strength.\nrlg_scale: 0 = base, "
+        "1 = RL model, 1-3 = stronger alignment. RLG Apply stays last before the sampler.")
+    out["rlg_sd35_flowgrpo_text"] = sd35_text2img(
+        TEXT_LORA,
+        'a storefront at night with a glowing neon sign that says "OPEN LATE", photo',
+        "blurry, misspelled text",
+        "RLG: SD3.5-Medium + Flow-GRPO text-rendering LoRA.\n\nModels: " + FILES_SD35 +
+        f"; loras/{TEXT_LORA} with its adapter_config.json beside it (jieliu/SD3.5M-FlowGRPO-Text).\n\n"
+        "Raise rlg_scale towards 2-3 for text that is spelled right more often.")
+    # SD1.5 + Diffusion-DPO: the RL model is a whole UNet, loaded separately.
+    out["rlg_sd15_diffusion_dpo"] = (
+        {
+            "ckpt": {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": SD15}, "pos": [40, 80]},
+            "rl": {"type": "UNETLoader", "widgets": {"unet_name": DPO15, "weight_dtype": "default"}, "pos": [40, 260]},
+            "pos": {"type": "CLIPTextEncode", "widgets": {"text": "a cozy cabin in a snowy forest at dusk, "
+                                                                    "highly detailed"}, "pos": [480, 200]},
+            "neg": {"type": "CLIPTextEncode", "widgets": {"text": "blurry, deformed"}, "pos": [480, 400]},
+            "rlg": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
+                    "pos": [480, 40]},
+            "latent": {"type": "EmptyLatentImage", "widgets": {"width": 512, "height": 512, "batch_size": 1},
+                       "pos": [900, 300]},
+            "sampler": {"type": "KSampler", "widgets": {"seed": 42, "control_after_generate": "fixed", "steps": 25,
+                                                        "cfg": 7.5, "sampler_name": "dpmpp_2m",
+                                                        "scheduler": "karras", "denoise": 1.0}, "pos": [900, 40]},
+            "decode": {"type": "VAEDecode", "widgets": {}, "pos": [1260, 40]},
+            "save": {"type": "SaveImage", "widgets": {"filename_prefix": "rlg"}, "pos": [1260, 160]},
+            "note": note("RLG: SD1.5 + Diffusion-DPO (a full RL-tuned UNet).\n\nModels: checkpoints/" + SD15 +
+                         " (any SD1.5 checkpoint); diffusion_models/" + DPO15 + " = unet/diffusion_pytorch_model"
+                         ".safetensors from mhdang/dpo-sd1.5-text2image-v1, renamed.\n\nTwo full models: twice the "
+                         "weight memory. rlg_scale 1-3."),
+        },
+        [("ckpt", 0, "rlg", "model"), ("rl", 0, "rlg", "rl_model"), ("ckpt", 1, "pos", "clip"),
+         ("ckpt", 1, "neg", "clip"), ("rlg", 0, "sampler", "model"), ("pos", 0, "sampler", "positive"),
+         ("neg", 0, "sampler", "negative"), ("latent", 0, "sampler", "latent_image"),
+         ("sampler", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")],
+    )
+    # SDXL + SPO LoRA (webui format: the stock loader reads its alpha).
+    out["rlg_sdxl_spo_lora"] = (
+        {
+            "ckpt": {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": SDXL}, "pos": [40, 80]},
+            "rl": {"type": "LoraLoaderModelOnly", "widgets": {"lora_name": SPO_XL, "strength_model": 1.0},
+                   "pos": [40, 260]},
+            "pos": {"type": "CLIPTextEncode", "widgets": {"text": "an astronaut riding a horse on the moon, "
+                                                                    "cinematic"}, "pos": [480, 200]},
+            "neg": {"type": "CLIPTextEncode", "widgets": {"text": "blurry, low quality"}, "pos": [480, 400]},
+            "rlg": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
+                    "pos": [480, 40]},
+            "latent": {"type": "EmptyLatentImage", "widgets": {"width": 1024, "height": 1024, "batch_size": 1},
+                       "pos": [900, 300]},
+            "sampler": {"type": "KSampler", "widgets": {"seed": 42, "control_after_generate": "fixed", "steps": 25,
+                                                        "cfg": 5.0, "sampler_name": "dpmpp_2m",
+                                                        "scheduler": "karras", "denoise": 1.0}, "pos": [900, 40]},
+            "decode": {"type": "VAEDecode", "widgets": {}, "pos": [1260, 40]},
+            "save": {"type": "SaveImage", "widgets": {"filename_prefix": "rlg"}, "pos": [1260, 160]},
+            "note": note("RLG: SDXL + SPO LoRA.\n\nModels: checkpoints/" + SDXL + " (stabilityai/stable-diffusion-"
+                         "xl-base-1.0); loras/" + SPO_XL + " (SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep_LoRA_webui, "
+                         "renamed).\n\nThe LoRA shares the base's weights: no extra weight memory."),
+        },
+        [("ckpt", 0, "rl", "model"), ("ckpt", 0, "rlg", "model"), ("rl", 0, "rlg", "rl_model"),
+         ("ckpt", 1, "pos", "clip"), ("ckpt", 1, "neg", "clip"), ("rlg", 0, "sampler", "model"),
+         ("pos", 0, "sampler", "positive"), ("neg", 0, "sampler", "negative"),
+         ("latent", 0, "sampler", "latent_image"), ("sampler", 0, "decode", "samples"),
+         ("ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")],
+    )
+    # SamplerCustomAdvanced + RLG Guider.
+    nodes, links = sd35_text2img(PICKSCORE, "a watercolor painting of a lighthouse in a storm", "blurry",
+                                 "RLG Guider + SamplerCustomAdvanced: the same result as CFGGuider on RLG Apply's "
+                                 "output.\n\nModels: " + FILES_SD35 + f"; loras/{PICKSCORE} + adapter_config.json.")
+    for key in ("rlg", "sampler"):
+        del nodes[key]
+    nodes.update({
+        "guider": {"type": "RLGGuider", "widgets": {"cfg": 4.5, "rlg_scale": 1.6, "start_percent": 0.0,
+                                                    "end_percent": 1.0}, "pos": [900, 40]},
+        "noise": {"type": "RandomNoise", "widgets": {"noise_seed": 42, "control_after_generate": "fixed"},
+                  "pos": [1260, 40]},
+        "select": {"type": "KSamplerSelect", "widgets": {"sampler_name": "euler"}, "pos": [1260, 160]},
+        "sched": {"type": "BasicScheduler", "widgets": {"scheduler": "sgm_uniform", "steps": 20, "denoise": 1.0},
+                  "pos": [1260, 260]},
+        "sampler": {"type": "SamplerCustomAdvanced", "widgets": {}, "pos": [1260, 420]},
+    })
+    links = [link for link in links if link[2] not in ("rlg", "sampler") and link[0] not in ("rlg", "sampler")]
+    links += [("ckpt", 0, "guider", "model"), ("rl", 0, "guider", "rl_model"), ("pos", 0, "guider", "positive"),
+              ("neg", 0, "guider", "negative"), ("ckpt", 0, "sched", "model"), ("noise", 0, "sampler", "noise"),
+              ("guider", 0, "sampler", "guider"), ("select", 0, "sampler", "sampler"),
+              ("sched", 0, "sampler", "sigmas"), ("latent", 0, "sampler", "latent_image"),
+              ("sampler", 0, "decode", "samples")]
+    out["rlg_guider_sampler_custom_advanced"] = (nodes, links)
+    # Inpainting: masked latent.
+    nodes, links = sd35_text2img(PICKSCORE, "a bouquet of sunflowers in a glass vase", "blurry",
+                                 "RLG inpainting: the masked area is regenerated with RLG, the rest is kept.\n\n"
+                                 "Models: " + FILES_SD35 + f"; loras/{PICKSCORE} + adapter_config.json.\nLoad an "
+                                 "image and paint the mask in its mask editor.")
+    del nodes["latent"]
+    nodes.update({
+        "image": {"type": "LoadImage", "widgets": {"image": "example.png"}, "pos": [900, 300]},
+        "encode": {"type": "VAEEncode", "widgets": {}, "pos": [900, 560]},
+        "mask": {"type": "SetLatentNoiseMask", "widgets": {}, "pos": [1260, 560]},
+    })
+    links = [link for link in links if link[0] != "latent"]
+    links += [("image", 0, "encode", "pixels"), ("ckpt", 2, "encode", "vae"), ("encode", 0, "mask", "samples"),
+              ("image", 1, "mask", "mask"), ("mask", 0, "sampler", "latent_image")]
+    out["rlg_sd35_inpaint"] = (nodes, links)
+    # The demo pair (make demo), with the demo-only prompt and decode nodes.
+    out["rlg_demo"] = (
+        {
+            "base": {"type": "UNETLoader", "widgets": {"unet_name": "rlg_demo_base.safetensors",
+                                                       "weight_dtype": "default"}, "pos": [40, 80]},
+            "rl": {"type": "LoraLoaderModelOnly", "widgets": {"lora_name": "rlg_demo_rl_lora.safetensors",
+                                                              "strength_model": 1.0}, "pos": [40, 240]},
+            "rlg": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
+                    "pos": [400, 80]},
+            "prompt": {"type": "RLGDemoPrompt", "widgets": {}, "pos": [400, 300]},
+            "latent": {"type": "EmptySD3LatentImage", "widgets": {"width": 64, "height": 64, "batch_size": 16},
+                       "pos": [400, 420]},
+            "sampler": {"type": "KSampler", "widgets": {"seed": 1, "control_after_generate": "fixed", "steps": 20,
+                                                        "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                                        "denoise": 1.0}, "pos": [760, 80]},
+            "decode": {"type": "RLGDemoDecode", "widgets": {"pixels": 128}, "pos": [1120, 80]},
+            "preview": {"type": "PreviewImage", "widgets": {}, "pos": [1120, 200]},
+            "note": note("RLG demo: a tiny SD3-shaped base model trained on four patterns, and its RL LoRA that "
+                         "prefers red discs. Run `make demo` once (it trains the pair into this ComfyUI's models "
+                         "folders), then `make demo-server` to load the demo nodes.\n\nTurn rlg_scale: 0 = base "
+                         "(about 15% red discs), 1 = RL model, 2-3 = mostly red discs."),
+        },
+        [("base", 0, "rl", "model"), ("base", 0, "rlg", "model"), ("rl", 0, "rlg", "rl_model"),
+         ("rlg", 0, "sampler", "model"), ("prompt", 0, "sampler", "positive"), ("prompt", 1, "sampler", "negative"),
+         ("latent", 0, "sampler", "latent_image"), ("sampler", 0, "decode", "samples"),
+         ("decode", 0, "preview", "images")],
+    )
+    return out
+
+
+BUILD_JS = """
+async ([nodes, links]) => {
+  app.graph.clear();
+  const made = {};
+  for (const [name, spec] of Object.entries(nodes)) {
+    const node = LiteGraph.createNode(spec.type);
+    if (!node) throw new Error("unknown node type " + spec.type);
+    node.pos = spec.pos;
+    if (spec.size) node.size = spec.size;
+    app.graph.add(node);
+    for (const [wname, value] of Object.entries(spec.widgets)) {
+      const w = (node.widgets || []).find(w => w.name === wname);
+      if (!w) throw new Error(spec.type + " has no widget " + wname);
+      w.value = value;
+    }
+    made[name] = node;
+  }
+  for (const [src, slot, dst, input] of links) {
+    const target = made[dst];
+    const index = target.findInputSlot(input);
+    if (index < 0) throw new Error(target.type + " has no input " + input);
+    made[src].connect(slot, target, index);
+  }
+  const workflow = app.graph.serialize();
+  const prompt = await app.graphToPrompt();
+  return [workflow, prompt.output];
+}
+"""
+
+
+def main() -> None:
+    from frontend import browser_page
+
+    from comfy_server import ComfyServer
+
+    out_ui = ROOT / "example_workflows"
+    out_api = ROOT / "tests" / "workflows_api"
+    out_api.mkdir(parents=True, exist_ok=True)
+    work = ROOT / ".comfy-host" / "build-workflows"
+    work.mkdir(parents=True, exist_ok=True)
+    paths = work / "extra_model_paths.yaml"
+    paths.write_text(f"rlg:\n  custom_nodes: {ROOT / 'demo' / 'comfy_nodes'}\n")
+    server = ComfyServer(ROOT / ".comfy-host" / "ComfyUI", work, paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
+    try:
+        with browser_page(server.url) as page:
+            for name, (nodes, links) in workflows().items():
+                workflow, api = page.evaluate(BUILD_JS, [nodes, links])
+                (out_ui / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+                (out_api / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
+                print(f"wrote {name}: {len(nodes)} nodes, {len(links)} links")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The example workflows: well-formed, agreeing with their API twins in the real front-end, valid
+for the host's nodes, and (where the model family can be made tiny) running end to end.
+
+The API twins in tests/workflows_api were made by scripts/build_workflows.py through the front-end's
+own graphToPrompt; these tests check that the committed UI workflows still convert to them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+import harness as h
+import tiny_models as tm
+from comfy_server import ComfyServer
+from conftest import COMFY_DIR, ROOT
+
+UI_DIR = ROOT / "example_workflows"
+API_DIR = Path(__file__).resolve().parent / "workflows_api"
+WORKFLOWS = sorted(p.stem for p in UI_DIR.glob("*.json"))
+# Workflows whose model families can be made tiny, with the family the stand-ins have.
+RUNNABLE = {"rlg_sd35_flowgrpo_pickscore": "sd3", "rlg_sd35_flowgrpo_text": "sd3",
+            "rlg_guider_sampler_custom_advanced": "sd3", "rlg_sd35_inpaint": "sd3", "rlg_sd15_diffusion_dpo": "sd15"}
+TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes"
+DEMO_NODES = ROOT / "demo" / "comfy_nodes"
+
+
+def api(name: str) -> dict:
+    return json.loads((API_DIR / f"{name}.json").read_text())
+
+
+def test_every_workflow_parses_and_has_an_api_twin():
+    assert len(WORKFLOWS) >= 7
+    for name in WORKFLOWS:
+        ui = json.loads((UI_DIR / f"{name}.json").read_text())
+        assert ui["nodes"] and "links" in ui, name
+        assert (API_DIR / f"{name}.json").exists(), f"{name} has no API twin in {API_DIR}"
+        types = {n["type"] for n in ui["nodes"]}
+        assert "Note" in types or name == "rlg_demo", f"{name} names no model files in a Note"
+        assert types & {"RLGApply", "RLGGuider"}, name
+    assert (UI_DIR / "rlg_demo.jpg").exists()
+
+
+def test_rlg_is_last_before_the_sampler():
+    for name in WORKFLOWS:
+        graph = api(name)
+        for node in graph.values():
+            if node["class_type"] in ("KSampler", "BasicScheduler"):
+                source = graph[node["inputs"]["model"][0]]["class_type"]
+                assert source in ("RLGApply", "CheckpointLoaderSimple"), (name, source)
+
+
+def _model_files(models: Path) -> None:
+    """Stand-ins with the workflows' file names: tiny real models where the family allows, else empty files."""
+    def save(sd, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_file(sd, path)
+
+    sd3 = tm.tiny_sd3_state_dict(0)
+    save({"model.diffusion_model." + k: v for k, v in sd3.items()}, models / "checkpoints/sd3.5_medium.safetensors")
+    sd15 = tm.tiny_sd15_state_dict(0)
+    save({"model.diffusion_model." + k: v for k, v in sd15.items()},
+         models / "checkpoints/v1-5-pruned-emaonly.safetensors")
+    save(tm.perturbed(sd15, 1), models / "diffusion_models/dpo-sd1.5-text2image-v1.safetensors")
+    base = h.load_model("sd3")
+    for seed, folder in ((3, "sd3.5m_flow_grpo_pickscore"), (4, "sd3.5m_flow_grpo_text")):
+        save(tm.peft_lora_for_sd3(base, seed), models / f"loras/{folder}/adapter_model.safetensors")
+        (models / f"loras/{folder}/adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    for placeholder in ("checkpoints/sd_xl_base_1.0.safetensors", "loras/spo_sdxl_4k-p_10ep_lora_webui.safetensors",
+                        "clip/clip_g.safetensors", "clip/clip_l.safetensors", "clip/t5xxl_fp16.safetensors",
+                        "diffusion_models/rlg_demo_base.safetensors", "loras/rlg_demo_rl_lora.safetensors"):
+        (models / placeholder).parent.mkdir(parents=True, exist_ok=True)
+        (models / placeholder).write_bytes(b"")  # listed for validation only, never loaded
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from PIL import Image
+
+    work = tmp_path_factory.mktemp("workflows")
+    models = work / "models"
+    _model_files(models)
+    (work / "input").mkdir()
+    image = Image.new("RGBA", (64, 64), (200, 120, 40, 255))
+    image.paste((0, 0, 0, 0), (16, 16, 48, 48))  # transparent square = the inpainting mask
+    image.save(work / "input" / "example.png")
+    config = work / "extra_model_paths.yaml"
+    config.write_text(f"t:\n  base_path: {models}\n  checkpoints: checkpoints\n  diffusion_models: diffusion_models\n"
+                      f"  loras: loras\n  clip: clip\n  custom_nodes: |\n    {TEST_NODES}\n    {DEMO_NODES}\n")
+    srv = ComfyServer(COMFY_DIR, work, config, ["ComfyUI-RLG", "rlg_test_nodes", "rlg_demo_nodes"]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.server
+def test_ui_workflows_convert_to_their_api_twins_in_the_front_end(server):
+    from frontend import browser_page
+
+    with browser_page(server.url) as page:
+        for name in WORKFLOWS:
+            ui = json.loads((UI_DIR / f"{name}.json").read_text())
+            output = page.evaluate("async (wf) => { await app.loadGraphData(wf); return (await app.graphToPrompt())"
+                                   ".output; }", ui)
+            strip = lambda g: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in g.items()}  # noqa: E731
+            assert strip(output) == strip(api(name)), f"{name}: UI workflow and API twin disagree"
+
+
+def _input_spec(info: dict, node_type: str, name: str):
+    inputs = info[node_type]["input"]
+    for section in ("required", "optional"):
+        if name in inputs.get(section, {}):
+            return inputs[section][name]
+    return None
+
+
+@pytest.mark.server
+def test_every_node_and_input_value_is_valid_for_the_host(server):
+    info = server.get("/object_info")
+    for name in WORKFLOWS:
+        graph = api(name)
+        for node_id, node in graph.items():
+            kind = node["class_type"]
+            assert kind in info, f"{name}: node type {kind} is not on the host"
+            for required in info[kind]["input"].get("required", {}):
+                assert required in node["inputs"], f"{name}: {kind}.{required} missing"
+            for key, value in node["inputs"].items():
+                spec = _input_spec(info, kind, key)
+                assert spec is not None, f"{name}: {kind} has no input {key}"
+                kind_of_input, options = spec[0], (spec[1] if len(spec) > 1 else {})
+                where = f"{name}: {kind}.{key}={value!r}"
+                if isinstance(value, list):  # a link: the source's output type must fit
+                    out_type = info[graph[value[0]]["class_type"]]["output"][value[1]]
+                    assert out_type == kind_of_input or kind_of_input == "*", where
+                elif isinstance(kind_of_input, list) or kind_of_input == "COMBO":
+                    choices = kind_of_input if isinstance(kind_of_input, list) else options.get("options", [])
+                    assert value in choices, where
+                elif kind_of_input in ("INT", "FLOAT"):
+                    assert options.get("min", -float("inf")) <= value <= options.get("max", float("inf")), where
+
+
+def stand_in_graph(graph: dict, family: str, prefix: str) -> dict:
+    """The workflow with text encoders and VAE swapped for test nodes (those models cannot be made tiny).
+
+    Loaders, LoRA loaders, RLG and the sampler stay as they are, with their own inputs.
+    """
+    graph = json.loads(json.dumps(graph))
+    negative_sources = {str(n["inputs"]["negative"][0]) for n in graph.values() if "negative" in n["inputs"]}
+    for node_id, node in list(graph.items()):
+        kind = node["class_type"]
+        if kind in ("TripleCLIPLoader", "CLIPLoader", "DualCLIPLoader", "SaveImage", "PreviewImage"):
+            del graph[node_id]
+        elif kind == "CLIPTextEncode":
+            graph[node_id] = {"class_type": "RLGTestConditioning",
+                              "inputs": {"family": family, "seed": 0, "batch_size": 1}}
+            if node_id in negative_sources:
+                for other in graph.values():
+                    if other["inputs"].get("negative") == [node_id, 0]:
+                        other["inputs"]["negative"] = [node_id, 1]
+        elif kind == "VAEDecode":
+            graph[node_id] = {"class_type": "SaveLatent",
+                              "inputs": {"samples": node["inputs"]["samples"], "filename_prefix": prefix}}
+        elif kind == "VAEEncode" or kind.startswith("Empty"):
+            empty = "EmptySD3LatentImage" if family == "sd3" else "EmptyLatentImage"
+            graph[node_id] = {"class_type": empty, "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+        elif "steps" in node["inputs"]:
+            node["inputs"]["steps"] = 3
+    return graph
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", sorted(RUNNABLE))
+def test_workflow_runs_end_to_end_with_stand_in_models(server, name):
+    graph = stand_in_graph(api(name), RUNNABLE[name], f"standin/{name}")
+    entry = server.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", (entry["status"], server.log())
+    (save_id,) = [k for k, v in graph.items() if v["class_type"] == "SaveLatent"]
+    (info,) = entry["outputs"][save_id]["latents"]
+    latent = safetensors.torch.load_file(server.output_dir / info["subfolder"] / info["filename"])["latent_tensor"]
+    assert torch.isfinite(latent).all() and latent.abs().max() > 0
