@@ -122,7 +122,7 @@ def test_every_node_and_input_value_is_valid_for_the_host(server):
     info = server.get("/object_info")
     for name in WORKFLOWS:
         graph = api(name)
-        for node_id, node in graph.items():
+        for node in graph.values():
             kind = node["class_type"]
             assert kind in info, f"{name}: node type {kind} is not on the host"
             for required in info[kind]["input"].get("required", {}):
