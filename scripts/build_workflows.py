@@ -61,6 +61,34 @@ def sd35_text2img(rl_lora: str, prompt: str, negative: str, extra_note: str) -> 
     return nodes, links
 
 
+def checkpoint_text2img(ckpt: str, rl_node: dict, prompt: str, negative: str, size: int, cfg: float, steps: int,
+                        text: str) -> tuple[dict, list]:
+    """A single-file checkpoint (model, CLIP, VAE) and an RL loader node (a UNet file, or a LoRA on the base)."""
+    rl_is_lora = "Lora" in rl_node["type"]
+    nodes = {
+        "ckpt": {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": ckpt}, "pos": [40, 80]},
+        "rl": dict(rl_node, pos=[40, 260]),
+        "pos": {"type": "CLIPTextEncode", "widgets": {"text": prompt}, "pos": [480, 200]},
+        "neg": {"type": "CLIPTextEncode", "widgets": {"text": negative}, "pos": [480, 400]},
+        "rlg": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
+                "pos": [480, 40]},
+        "latent": {"type": "EmptyLatentImage", "widgets": {"width": size, "height": size, "batch_size": 1},
+                   "pos": [900, 300]},
+        "sampler": {"type": "KSampler", "widgets": {"seed": 42, "control_after_generate": "fixed", "steps": steps,
+                                                    "cfg": cfg, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+                                                    "denoise": 1.0}, "pos": [900, 40]},
+        "decode": {"type": "VAEDecode", "widgets": {}, "pos": [1260, 40]},
+        "save": {"type": "SaveImage", "widgets": {"filename_prefix": "rlg"}, "pos": [1260, 160]},
+        "note": note(text),
+    }
+    links = [("ckpt", 0, "rl", "model")] if rl_is_lora else []
+    links += [("ckpt", 0, "rlg", "model"), ("rl", 0, "rlg", "rl_model"), ("ckpt", 1, "pos", "clip"),
+              ("ckpt", 1, "neg", "clip"), ("rlg", 0, "sampler", "model"), ("pos", 0, "sampler", "positive"),
+              ("neg", 0, "sampler", "negative"), ("latent", 0, "sampler", "latent_image"),
+              ("sampler", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")]
+    return nodes, links
+
+
 FILES_SD35 = (f"checkpoints/{SD35} (stabilityai/stable-diffusion-3.5-medium); clip/clip_g.safetensors, "
               "clip/clip_l.safetensors, clip/t5xxl_fp16.safetensors (its text_encoders folder)")
 
@@ -84,60 +112,19 @@ def workflows() -> dict[str, tuple[dict, list]]:
         f"; loras/{TEXT_LORA} with its adapter_config.json beside it (jieliu/SD3.5M-FlowGRPO-Text).\n\n"
         "Raise rlg_scale towards 2-3 for text that is spelled right more often.")
     # SD1.5 + Diffusion-DPO: the RL model is a whole UNet, loaded separately.
-    out["rlg_sd15_diffusion_dpo"] = (
-        {
-            "ckpt": {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": SD15}, "pos": [40, 80]},
-            "rl": {"type": "UNETLoader", "widgets": {"unet_name": DPO15, "weight_dtype": "default"}, "pos": [40, 260]},
-            "pos": {"type": "CLIPTextEncode", "widgets": {"text": "a cozy cabin in a snowy forest at dusk, "
-                                                                    "highly detailed"}, "pos": [480, 200]},
-            "neg": {"type": "CLIPTextEncode", "widgets": {"text": "blurry, deformed"}, "pos": [480, 400]},
-            "rlg": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
-                    "pos": [480, 40]},
-            "latent": {"type": "EmptyLatentImage", "widgets": {"width": 512, "height": 512, "batch_size": 1},
-                       "pos": [900, 300]},
-            "sampler": {"type": "KSampler", "widgets": {"seed": 42, "control_after_generate": "fixed", "steps": 25,
-                                                        "cfg": 7.5, "sampler_name": "dpmpp_2m",
-                                                        "scheduler": "karras", "denoise": 1.0}, "pos": [900, 40]},
-            "decode": {"type": "VAEDecode", "widgets": {}, "pos": [1260, 40]},
-            "save": {"type": "SaveImage", "widgets": {"filename_prefix": "rlg"}, "pos": [1260, 160]},
-            "note": note("RLG: SD1.5 + Diffusion-DPO (a full RL-tuned UNet).\n\nModels: checkpoints/" + SD15 +
-                         " (any SD1.5 checkpoint); diffusion_models/" + DPO15 + " = unet/diffusion_pytorch_model"
-                         ".safetensors from mhdang/dpo-sd1.5-text2image-v1, renamed.\n\nTwo full models: twice the "
-                         "weight memory. rlg_scale 1-3."),
-        },
-        [("ckpt", 0, "rlg", "model"), ("rl", 0, "rlg", "rl_model"), ("ckpt", 1, "pos", "clip"),
-         ("ckpt", 1, "neg", "clip"), ("rlg", 0, "sampler", "model"), ("pos", 0, "sampler", "positive"),
-         ("neg", 0, "sampler", "negative"), ("latent", 0, "sampler", "latent_image"),
-         ("sampler", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")],
-    )
+    out["rlg_sd15_diffusion_dpo"] = checkpoint_text2img(
+        SD15, {"type": "UNETLoader", "widgets": {"unet_name": DPO15, "weight_dtype": "default"}},
+        "a cozy cabin in a snowy forest at dusk, highly detailed", "blurry, deformed", size=512, cfg=7.5, steps=25,
+        text="RLG: SD1.5 + Diffusion-DPO (a full RL-tuned UNet).\n\nModels: checkpoints/" + SD15 + " (any SD1.5 "
+             "checkpoint); diffusion_models/" + DPO15 + " = unet/diffusion_pytorch_model.safetensors from "
+             "mhdang/dpo-sd1.5-text2image-v1, renamed.\n\nTwo full models: twice the weight memory. rlg_scale 1-3.")
     # SDXL + SPO LoRA (webui format: the stock loader reads its alpha).
-    out["rlg_sdxl_spo_lora"] = (
-        {
-            "ckpt": {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": SDXL}, "pos": [40, 80]},
-            "rl": {"type": "LoraLoaderModelOnly", "widgets": {"lora_name": SPO_XL, "strength_model": 1.0},
-                   "pos": [40, 260]},
-            "pos": {"type": "CLIPTextEncode", "widgets": {"text": "an astronaut riding a horse on the moon, "
-                                                                    "cinematic"}, "pos": [480, 200]},
-            "neg": {"type": "CLIPTextEncode", "widgets": {"text": "blurry, low quality"}, "pos": [480, 400]},
-            "rlg": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
-                    "pos": [480, 40]},
-            "latent": {"type": "EmptyLatentImage", "widgets": {"width": 1024, "height": 1024, "batch_size": 1},
-                       "pos": [900, 300]},
-            "sampler": {"type": "KSampler", "widgets": {"seed": 42, "control_after_generate": "fixed", "steps": 25,
-                                                        "cfg": 5.0, "sampler_name": "dpmpp_2m",
-                                                        "scheduler": "karras", "denoise": 1.0}, "pos": [900, 40]},
-            "decode": {"type": "VAEDecode", "widgets": {}, "pos": [1260, 40]},
-            "save": {"type": "SaveImage", "widgets": {"filename_prefix": "rlg"}, "pos": [1260, 160]},
-            "note": note("RLG: SDXL + SPO LoRA.\n\nModels: checkpoints/" + SDXL + " (stabilityai/stable-diffusion-"
-                         "xl-base-1.0); loras/" + SPO_XL + " (SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep_LoRA_webui, "
-                         "renamed).\n\nThe LoRA shares the base's weights: no extra weight memory."),
-        },
-        [("ckpt", 0, "rl", "model"), ("ckpt", 0, "rlg", "model"), ("rl", 0, "rlg", "rl_model"),
-         ("ckpt", 1, "pos", "clip"), ("ckpt", 1, "neg", "clip"), ("rlg", 0, "sampler", "model"),
-         ("pos", 0, "sampler", "positive"), ("neg", 0, "sampler", "negative"),
-         ("latent", 0, "sampler", "latent_image"), ("sampler", 0, "decode", "samples"),
-         ("ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")],
-    )
+    out["rlg_sdxl_spo_lora"] = checkpoint_text2img(
+        SDXL, {"type": "LoraLoaderModelOnly", "widgets": {"lora_name": SPO_XL, "strength_model": 1.0}},
+        "an astronaut riding a horse on the moon, cinematic", "blurry, low quality", size=1024, cfg=5.0, steps=25,
+        text="RLG: SDXL + SPO LoRA.\n\nModels: checkpoints/" + SDXL + " (stabilityai/stable-diffusion-xl-base-1.0); "
+             "loras/" + SPO_XL + " (SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep_LoRA_webui, renamed).\n\nThe LoRA "
+             "shares the base's weights: no extra weight memory.")
     # SamplerCustomAdvanced + RLG Guider.
     nodes, links = sd35_text2img(PICKSCORE, "a watercolor painting of a lighthouse in a storm", "blurry",
                                  "RLG Guider + SamplerCustomAdvanced: the same result as CFGGuider on RLG Apply's "
