@@ -4,4 +4,7 @@
 # exports NODE_CLASS_MAPPINGS.
 from .nodes import comfy_entrypoint
 
-__all__ = ["comfy_entrypoint"]
+# Served at /extensions/ComfyUI-RLG/: js/rlg_dial.js reads the RLG dial back in the graph editor.
+WEB_DIRECTORY = "./js"
+
+__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -71,7 +71,6 @@ class RLGCondBatchWrapper:
         rl = pair.rl_patcher
         options = self.rl_model_options(model_options)
         if pair.mode == "shared":
-            self._warn_if_patched_after(model)
             with pair.rl_pass(model):
                 return comfy.samplers.calc_cond_batch(model, conds, x_in, timestep, options)
         # Additional models do not get pre_run() from the sampler, and _calc_cond_batch reads

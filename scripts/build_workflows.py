@@ -216,9 +216,11 @@ async ([nodes, links]) => {
     if (index < 0) throw new Error(target.type + " has no input " + input);
     made[src].connect(slot, target, index);
   }
-  const workflow = app.graph.serialize();
-  const prompt = await app.graphToPrompt();
-  return [workflow, prompt.output];
+  // JSON.stringify in the page drops undefined fields; handing the objects over as they are would
+  // turn them into nulls, which the front-end's workflow schema rejects when the file is loaded.
+  const workflow = JSON.stringify(app.graph.serialize());
+  const prompt = JSON.stringify((await app.graphToPrompt()).output);
+  return [workflow, prompt];
 }
 """
 
@@ -239,7 +241,7 @@ def main() -> None:
     try:
         with browser_page(server.url) as page:
             for name, (nodes, links) in workflows().items():
-                workflow, api = page.evaluate(BUILD_JS, [nodes, links])
+                workflow, api = (json.loads(text) for text in page.evaluate(BUILD_JS, [nodes, links]))
                 (out_ui / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
                 (out_api / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
                 print(f"wrote {name}: {len(nodes)} nodes, {len(links)} links")

@@ -105,6 +105,9 @@ def test_ui_workflows_convert_to_their_api_twins_in_the_front_end(server):
             ui = json.loads((UI_DIR / f"{name}.json").read_text())
             output = page.evaluate("async (wf) => { await app.loadGraphData(wf); return (await app.graphToPrompt())"
                                    ".output; }", ui)
+            # The front-end validates a loaded workflow against its schema and alerts on a mismatch.
+            page.wait_for_timeout(300)
+            assert page.get_by_text("Invalid workflow").count() == 0, f"{name}: the front-end rejects the file"
             strip = lambda g: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in g.items()}  # noqa: E731
             assert strip(output) == strip(api(name)), f"{name}: UI workflow and API twin disagree"
 

@@ -1,0 +1,91 @@
+// ComfyUI-RLG front-end: reads the RLG dial back to the user while they edit a graph.
+//
+// RLG Apply / RLG Guider nodes show one line under their widgets saying what rlg_scale means
+// (base model, RL model, stronger alignment...) and which part of the schedule is blended. A window
+// whose start is after its end turns the node red with the reason, before anything is queued
+// (the server refuses it too, naming both inputs).
+import { app } from "../../scripts/app.js";
+
+const RLG_NODES = new Set(["RLGApply", "RLGGuider"]);
+const WARNING_COLOR = "#a33";
+
+function widgetValue(node, name) {
+  const widget = (node.widgets || []).find((w) => w.name === name);
+  return widget ? Number(widget.value) : undefined;
+}
+
+// Pure: the short summary shown for one setting. Exported on window for tests.
+export function describeDial(scale, start, end) {
+  if (start > end) {
+    return { text: `start_percent after end_percent: nothing to blend`, warning: true };
+  }
+  let meaning;
+  if (scale === 0) meaning = "base model";
+  else if (scale === 1) meaning = "RL model";
+  else if (scale > 1) meaning = `beyond RL (KL / ${scale})`;
+  else if (scale > 0) meaning = "between base and RL";
+  else meaning = "away from the reward";
+  const span = start === 0 && end === 1 ? "all steps" : `blend ${Math.round(start * 100)}-${Math.round(end * 100)}%`;
+  return { text: `w ${scale}: ${meaning} · ${span}`, warning: false };
+}
+
+const LINE_HEIGHT = 16;
+
+// Leave one line under the widgets for the summary.
+function ensureRoom(node) {
+  const needed = node.computeSize()[1] + LINE_HEIGHT;
+  if (node.size[1] < needed) node.setSize([node.size[0], needed]);
+}
+
+function refresh(node) {
+  const summary = describeDial(widgetValue(node, "rlg_scale"), widgetValue(node, "start_percent"),
+                               widgetValue(node, "end_percent"));
+  node.rlgSummary = summary;
+  if (summary.warning) {
+    if (node.rlgSavedColor === undefined) node.rlgSavedColor = node.bgcolor ?? null;
+    node.bgcolor = WARNING_COLOR;
+  } else if (node.rlgSavedColor !== undefined) {
+    node.bgcolor = node.rlgSavedColor ?? undefined;
+    delete node.rlgSavedColor;
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: "ComfyUI-RLG.dial",
+  nodeCreated(node) {
+    if (!RLG_NODES.has(node.comfyClass)) return;
+    for (const widget of node.widgets || []) {
+      if (!["rlg_scale", "start_percent", "end_percent"].includes(widget.name)) continue;
+      const previous = widget.callback;
+      widget.callback = function (...args) {
+        const result = previous?.apply(this, args);
+        refresh(node);
+        return result;
+      };
+    }
+    const onConfigure = node.onConfigure;
+    node.onConfigure = function (...args) {
+      const result = onConfigure?.apply(this, args);
+      ensureRoom(node);
+      refresh(node);
+      return result;
+    };
+    const onDrawForeground = node.onDrawForeground;
+    node.onDrawForeground = function (ctx) {
+      const result = onDrawForeground?.apply(this, arguments);
+      if (this.rlgSummary && !this.flags?.collapsed) {
+        ctx.save();
+        ctx.font = "12px sans-serif";
+        ctx.fillStyle = this.rlgSummary.warning ? "#fcc" : "#bbb";
+        ctx.fillText(this.rlgSummary.text, 10, this.size[1] - 5);
+        ctx.restore();
+      }
+      return result;
+    };
+    ensureRoom(node);
+    refresh(node);
+  },
+});
+
+window.RLG_describeDial = describeDial;

@@ -1,0 +1,47 @@
+"""js/rlg_dial.js in the real front-end: served, loaded, and reading the dial back on RLG nodes."""
+
+import pytest
+from test_workflows import server  # noqa: F401  (the same host, with the pack loaded)
+
+pytestmark = pytest.mark.server
+
+READ = """() => {
+  const node = LiteGraph.createNode('RLGApply');
+  app.graph.add(node);
+  const set = (name, value) => {
+    const w = node.widgets.find(w => w.name === name);
+    w.value = value;
+    w.callback?.(value);
+  };
+  const out = [];
+  for (const [scale, start, end] of [[0, 0, 1], [1, 0, 1], [1.6, 0, 1], [0.5, 0.2, 0.8], [-1, 0, 1], [1.5, 0.8, 0.2]]) {
+    set('rlg_scale', scale); set('start_percent', start); set('end_percent', end);
+    out.push([node.rlgSummary.text, node.rlgSummary.warning, node.bgcolor ?? null]);
+  }
+  set('start_percent', 0); set('end_percent', 1);
+  out.push([node.rlgSummary.text, node.rlgSummary.warning, node.bgcolor ?? null]);
+  return out;
+}"""
+
+
+def test_extension_is_served(server):  # noqa: F811
+    import urllib.request
+
+    with urllib.request.urlopen(server.url + "/extensions/ComfyUI-RLG/rlg_dial.js", timeout=30) as resp:
+        assert b"ComfyUI-RLG.dial" in resp.read()
+
+
+def test_rlg_nodes_read_the_dial_back(server):  # noqa: F811
+    from frontend import browser_page
+
+    with browser_page(server.url) as page:
+        page.wait_for_function("window.RLG_describeDial !== undefined", timeout=60_000)
+        rows = page.evaluate(READ)
+    texts = [r[0] for r in rows]
+    assert texts[0] == "w 0: base model · all steps"
+    assert texts[1] == "w 1: RL model · all steps"
+    assert texts[2] == "w 1.6: beyond RL (KL / 1.6) · all steps"
+    assert texts[3] == "w 0.5: between base and RL · blend 20-80%"
+    assert "away from the reward" in texts[4]
+    assert rows[5][1] is True and "start_percent after end_percent" in texts[5] and rows[5][2] == "#a33"
+    assert rows[6][1] is False and rows[6][2] in (None, "")  # the warning colour goes away again
