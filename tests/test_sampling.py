@@ -343,3 +343,22 @@ def test_batched_path_with_pag_matches_two_passes():
     fast = PAG.execute(apply_rlg(base, lora, 1.5, 0, 1, batched=True), 2.0).args[0]
     slow = PAG.execute(apply_rlg(base, lora, 1.5, 0, 1, batched=False), 2.0).args[0]
     assert h.max_diff(h.ksample(fast, **kw), h.ksample(slow, **kw)) <= 1e-4
+
+
+@pytest.mark.parametrize("form", ["full", "lora"])
+def test_controlnet_keeps_working(form):
+    # A ControlNet (ComfyUI's own cldm class, tiny) on the conds: both passes see its residuals.
+    import comfy.controlnet
+    from nodes import ControlNetApplyAdvanced
+
+    base, rl = _pair("sd15", form)
+    control = comfy.controlnet.load_controlnet_state_dict(tm.tiny_sd15_controlnet_state_dict(0))
+    positive, negative = h.conds("sd15", batch=2)
+    hint = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    positive, negative = ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, hint, 1.0, 0.0, 1.0)
+    kw = dict(family="sd15", batch=2, positive=positive, negative=negative, cfg=4.0, steps=3)
+    ref_base, ref_rl = h.ksample(base, **kw), h.ksample(rl, **kw)
+    assert h.max_diff(ref_base, h.ksample(base, family="sd15", batch=2, cfg=4.0, steps=3)) > 1e-3  # it acts
+    assert h.max_diff(h.ksample(apply_rlg(base, rl, 0.0, 0, 1), **kw), ref_base) <= h.tolerance(ref_base)
+    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1), **kw), ref_rl) <= h.tolerance(ref_rl)
+    assert h.max_diff(h.ksample(apply_rlg(base, rl, 2.0, 0, 1), **kw), ref_rl) > 1e-3

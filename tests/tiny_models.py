@@ -124,3 +124,17 @@ def peft_lora_for_sd3(model, seed: int, rank: int = 4, scale: float = 0.5) -> di
         out[prefix + ".lora_A.weight"] = torch.randn(rank, hidden, generator=gen) / hidden**0.5
         out[prefix + ".lora_B.weight"] = torch.randn(hidden, rank, generator=gen) * scale / rank**0.5
     return out
+
+
+def tiny_sd15_controlnet_state_dict(seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:
+    """A ControlNet for the tiny SD1.5 (same one-level layout), from ComfyUI's own cldm class."""
+    import comfy.ops
+    from comfy.cldm.cldm import ControlNet
+
+    net = ControlNet(
+        image_size=32, in_channels=SD15_LATENT_CHANNELS, model_channels=320, hint_channels=3, num_res_blocks=[1],
+        channel_mult=[1], transformer_depth=[1], transformer_depth_middle=0, num_heads=8, context_dim=SD15_CONTEXT_DIM,
+        use_linear_in_transformer=False, use_spatial_transformer=True, legacy=False, device="cpu",
+        dtype=torch.float32, operations=comfy.ops.disable_weight_init,
+    )
+    return {"control_model." + k: v for k, v in _fill_seeded(net, seed, std).items()}
