@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .batched_lora import LoRABypass
+from .lora_bypass import LoRABypass
 from .model_pair import build_pair, describe_model
 from .rlg_math import check_scale, check_window
 from .rlg_sampling import RLGCondBatchWrapper, install
@@ -21,7 +21,7 @@ def apply_rlg(model: Any, rl_model: Any, rlg_scale: float, start_percent: float,
     patch node. Raises RLGInputError (a ValueError naming the input) for unusable inputs.
 
     An RL model that is the base plus a plain LoRA runs its pass through forward hooks (no weight
-    copies; nodes/batched_lora.py). batched=True evaluates base and RL in one forward of twice the
+    copies; nodes/lora_bypass.py). batched=True evaluates base and RL in one forward of twice the
     batch, batched=False in two forwards; None batches where that pays, off the CPU (ComfyUI's own
     batch splitting keeps the doubled batch within free VRAM).
     """

@@ -42,8 +42,7 @@ def find_adapter_config(lora_path: str | Path) -> Path | None:
     can bring its config as '<name>.json' or '<name>.adapter_config.json'.
     """
     path = Path(lora_path)
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    for candidate in (path.with_name(f"{stem}.adapter_config.json"), path.with_name(f"{stem}.json"),
+    for candidate in (path.with_name(f"{path.stem}.adapter_config.json"), path.with_name(f"{path.stem}.json"),
                       path.with_name("adapter_config.json")):
         if candidate.is_file():
             return candidate

@@ -18,7 +18,7 @@ import comfy.patcher_extension
 import comfy.samplers
 import torch
 
-from .batched_lora import LoRABypass
+from .lora_bypass import LoRABypass
 from .model_pair import ADDITIONAL_MODELS_KEY, RLModelPair
 from .patch_diff import added_entries, merge_entries
 from .rlg_math import SigmaWindow, blend_prediction_lists, plan_step

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import comfy.lora
 import comfy.model_patcher
@@ -124,5 +123,3 @@ def tolerance(ref: torch.Tensor, rel: float = 1e-5) -> float:
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().abs().max())
 
-
-Mapper = Callable[[torch.Tensor], torch.Tensor]

@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import comfy.patcher_extension
+import comfy.utils
 import torch
 
+from .patch_diff import added_entries
 from .rlg_math import StepPlan, blend_prediction_lists
 
 _ROWS_WRAPPER_KEY = "rlg_batched_rows"
@@ -78,12 +80,8 @@ class LoRABypass:
         if rl.model_options.keys() != base.model_options.keys() or rl.wrappers != base.wrappers \
                 or rl.callbacks != base.callbacks:
             return None
-        from .patch_diff import added_entries
-
         if added_entries(rl.model_options.get("transformer_options", {}), pair.base_transformer_options):
             return None
-        import comfy.utils
-
         layers = []
         for key in switch.wrapped_keys:
             owner_name, _, param = key.rpartition(".")
