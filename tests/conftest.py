@@ -59,6 +59,16 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"{'overall max':45s} {max(diffs.values()):.3e}")
 
 
+@pytest.fixture(scope="session")
+def workflow_server(tmp_path_factory):
+    """One ComfyUI server for the workflow and front-end tests (see workflow_host.py)."""
+    from workflow_host import start_workflow_server
+
+    server = start_workflow_server(tmp_path_factory.mktemp("workflows"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def _inference_mode():
     """ComfyUI executes every node under torch.inference_mode(); in-process tests do the same."""

@@ -1,7 +1,6 @@
 """js/rlg_dial.js in the real front-end: served, loaded, and reading the dial back on RLG nodes."""
 
 import pytest
-from test_workflows import server  # noqa: F401  (the same host, with the pack loaded)
 
 pytestmark = pytest.mark.server
 
@@ -24,17 +23,17 @@ READ = """() => {
 }"""
 
 
-def test_extension_is_served(server):  # noqa: F811
+def test_extension_is_served(workflow_server):
     import urllib.request
 
-    with urllib.request.urlopen(server.url + "/extensions/ComfyUI-RLG/rlg_dial.js", timeout=30) as resp:
+    with urllib.request.urlopen(workflow_server.url + "/extensions/ComfyUI-RLG/rlg_dial.js", timeout=30) as resp:
         assert b"ComfyUI-RLG.dial" in resp.read()
 
 
-def test_rlg_nodes_read_the_dial_back(server):  # noqa: F811
+def test_rlg_nodes_read_the_dial_back(workflow_server):
     from frontend import browser_page
 
-    with browser_page(server.url) as page:
+    with browser_page(workflow_server.url) as page:
         page.wait_for_function("window.RLG_describeDial !== undefined", timeout=60_000)
         rows = page.evaluate(READ)
     texts = [r[0] for r in rows]

@@ -14,10 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
-import harness as h
-import tiny_models as tm
-from comfy_server import ComfyServer
-from conftest import COMFY_DIR, ROOT
+from conftest import ROOT
 
 UI_DIR = ROOT / "example_workflows"
 API_DIR = Path(__file__).resolve().parent / "workflows_api"
@@ -25,8 +22,6 @@ WORKFLOWS = sorted(p.stem for p in UI_DIR.glob("*.json"))
 # Workflows whose model families can be made tiny, with the family the stand-ins have.
 RUNNABLE = {"rlg_sd35_flowgrpo_pickscore": "sd3", "rlg_sd35_flowgrpo_text": "sd3",
             "rlg_guider_sampler_custom_advanced": "sd3", "rlg_sd35_inpaint": "sd3", "rlg_sd15_diffusion_dpo": "sd15"}
-TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes"
-DEMO_NODES = ROOT / "demo" / "comfy_nodes"
 
 
 def api(name: str) -> dict:
@@ -54,53 +49,11 @@ def test_rlg_is_last_before_the_sampler():
                 assert source in ("RLGApply", "CheckpointLoaderSimple"), (name, source)
 
 
-def _model_files(models: Path) -> None:
-    """Stand-ins with the workflows' file names: tiny real models where the family allows, else empty files."""
-    def save(sd, path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        safetensors.torch.save_file(sd, path)
-
-    sd3 = tm.tiny_sd3_state_dict(0)
-    save({"model.diffusion_model." + k: v for k, v in sd3.items()}, models / "checkpoints/sd3.5_medium.safetensors")
-    sd15 = tm.tiny_sd15_state_dict(0)
-    save({"model.diffusion_model." + k: v for k, v in sd15.items()},
-         models / "checkpoints/v1-5-pruned-emaonly.safetensors")
-    save(tm.perturbed(sd15, 1), models / "diffusion_models/dpo-sd1.5-text2image-v1.safetensors")
-    base = h.load_model("sd3")
-    for seed, folder in ((3, "sd3.5m_flow_grpo_pickscore"), (4, "sd3.5m_flow_grpo_text")):
-        save(tm.peft_lora_for_sd3(base, seed), models / f"loras/{folder}/adapter_model.safetensors")
-        (models / f"loras/{folder}/adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
-    for placeholder in ("checkpoints/sd_xl_base_1.0.safetensors", "loras/spo_sdxl_4k-p_10ep_lora_webui.safetensors",
-                        "clip/clip_g.safetensors", "clip/clip_l.safetensors", "clip/t5xxl_fp16.safetensors",
-                        "diffusion_models/rlg_demo_base.safetensors", "loras/rlg_demo_rl_lora.safetensors"):
-        (models / placeholder).parent.mkdir(parents=True, exist_ok=True)
-        (models / placeholder).write_bytes(b"")  # listed for validation only, never loaded
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from PIL import Image
-
-    work = tmp_path_factory.mktemp("workflows")
-    models = work / "models"
-    _model_files(models)
-    (work / "input").mkdir()
-    image = Image.new("RGBA", (64, 64), (200, 120, 40, 255))
-    image.paste((0, 0, 0, 0), (16, 16, 48, 48))  # transparent square = the inpainting mask
-    image.save(work / "input" / "example.png")
-    config = work / "extra_model_paths.yaml"
-    config.write_text(f"t:\n  base_path: {models}\n  checkpoints: checkpoints\n  diffusion_models: diffusion_models\n"
-                      f"  loras: loras\n  clip: clip\n  custom_nodes: |\n    {TEST_NODES}\n    {DEMO_NODES}\n")
-    srv = ComfyServer(COMFY_DIR, work, config, ["ComfyUI-RLG", "rlg_test_nodes", "rlg_demo_nodes"]).start()
-    yield srv
-    srv.stop()
-
-
 @pytest.mark.server
-def test_ui_workflows_convert_to_their_api_twins_in_the_front_end(server):
+def test_ui_workflows_convert_to_their_api_twins_in_the_front_end(workflow_server):
     from frontend import browser_page
 
-    with browser_page(server.url) as page:
+    with browser_page(workflow_server.url) as page:
         for name in WORKFLOWS:
             ui = json.loads((UI_DIR / f"{name}.json").read_text())
             output = page.evaluate("async (wf) => { await app.loadGraphData(wf); return (await app.graphToPrompt())"
@@ -121,8 +74,8 @@ def _input_spec(info: dict, node_type: str, name: str):
 
 
 @pytest.mark.server
-def test_every_node_and_input_value_is_valid_for_the_host(server):
-    info = server.get("/object_info")
+def test_every_node_and_input_value_is_valid_for_the_host(workflow_server):
+    info = workflow_server.get("/object_info")
     for name in WORKFLOWS:
         graph = api(name)
         for node in graph.values():
@@ -176,11 +129,12 @@ def stand_in_graph(graph: dict, family: str, prefix: str) -> dict:
 
 @pytest.mark.server
 @pytest.mark.parametrize("name", sorted(RUNNABLE))
-def test_workflow_runs_end_to_end_with_stand_in_models(server, name):
+def test_workflow_runs_end_to_end_with_stand_in_models(workflow_server, name):
     graph = stand_in_graph(api(name), RUNNABLE[name], f"standin/{name}")
-    entry = server.run_prompt(graph)
-    assert entry["status"]["status_str"] == "success", (entry["status"], server.log())
+    entry = workflow_server.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", (entry["status"], workflow_server.log())
     (save_id,) = [k for k, v in graph.items() if v["class_type"] == "SaveLatent"]
     (info,) = entry["outputs"][save_id]["latents"]
-    latent = safetensors.torch.load_file(server.output_dir / info["subfolder"] / info["filename"])["latent_tensor"]
+    path = workflow_server.output_dir / info["subfolder"] / info["filename"]
+    latent = safetensors.torch.load_file(path)["latent_tensor"]
     assert torch.isfinite(latent).all() and latent.abs().max() > 0
