@@ -6,11 +6,11 @@ PY := .comfy-host/venv/bin/python
 setup:
 	bash scripts/setup_host.sh
 
-## test: the whole suite, server end-to-end tests included (what CI runs)
-test: setup
-	$(PY) -m pytest
+## test: the whole suite on every ComfyUI host of the test matrix, server and browser tests included (what CI runs)
+test:
+	bash scripts/run_tests.sh
 
-## test-quick: everything but the tests that start the ComfyUI server
+## test-quick: everything but the tests that start the ComfyUI server, on the default host (0.3.75)
 test-quick: setup
 	$(PY) -m pytest -m "not server"
 

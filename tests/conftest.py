@@ -1,7 +1,12 @@
-"""Test setup: the real ComfyUI host from .comfy-host (see scripts/setup_host.sh), on the CPU.
+"""Test setup: a real ComfyUI host, on the CPU.
+
+The host is .comfy-host/ComfyUI (0.3.75, see scripts/setup_host.sh) unless RLG_COMFY_DIR names
+another ComfyUI tree: scripts/run_tests.sh runs the suite once per host of the test matrix, and a user
+can point it at their own ComfyUI (README, "ComfyUI versions").
 
 In-process tests import ComfyUI as a library and load this pack the way ComfyUI does (a package
-from the checkout's __init__.py). Server tests (marked `server`) start ComfyUI's main.py.
+from the checkout's __init__.py). Server tests (marked `server`) start ComfyUI's main.py; browser
+tests (marked `frontend`) also drive its front-end in headless Chromium.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = Path(os.environ.get("RLG_HOST_DIR", ROOT / ".comfy-host"))
-COMFY_DIR = HOST / "ComfyUI"
+COMFY_DIR = Path(os.environ.get("RLG_COMFY_DIR", HOST / "ComfyUI")).resolve()
 PACK_NAME = "comfyui_rlg"
 
 if not (COMFY_DIR / "main.py").exists():
@@ -46,6 +51,16 @@ def _load_pack():
 
 
 _load_pack()
+
+
+def comfy_version() -> str:
+    import runpy
+
+    return runpy.run_path(str(COMFY_DIR / "comfyui_version.py"))["__version__"]
+
+
+def pytest_report_header(config):
+    return f"ComfyUI host: {comfy_version()} at {COMFY_DIR}"
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,8 +1,10 @@
 """js/rlg_dial.js in the real front-end: served, loaded, and reading the dial back on RLG nodes."""
 
+import os
+
 import pytest
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.frontend]
 
 READ = """() => {
   const node = LiteGraph.createNode('RLGApply');
@@ -44,3 +46,14 @@ def test_rlg_nodes_read_the_dial_back(workflow_server):
     assert "away from the reward" in texts[4]
     assert rows[5][1] is True and "start_percent after end_percent" in texts[5] and rows[5][2] == "#a33"
     assert rows[6][1] is False and rows[6][2] in (None, "")  # the warning colour goes away again
+
+
+def test_front_end_version_is_the_one_under_test(workflow_server):
+    """scripts/run_tests.sh runs the browser tests once more on the newest front-end package: check it is served."""
+    from frontend import browser_page
+
+    with browser_page(workflow_server.url) as page:
+        served = page.evaluate("window.__COMFYUI_FRONTEND_VERSION__")
+    print(f"front-end served: {served}")
+    expected = os.environ.get("RLG_EXPECT_FRONTEND")
+    assert served and (expected is None or served == expected), served

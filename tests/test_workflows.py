@@ -50,6 +50,7 @@ def test_rlg_is_last_before_the_sampler():
 
 
 @pytest.mark.server
+@pytest.mark.frontend
 def test_ui_workflows_convert_to_their_api_twins_in_the_front_end(workflow_server):
     from frontend import browser_page
 
