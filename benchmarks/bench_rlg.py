@@ -68,14 +68,14 @@ def _load_pack():
     return apply_rlg
 
 
-def _with_weight_wrappers(base, lora):
-    """RLG on a LoRA pair through the general weight-wrapper path, which non-plain LoRAs take."""
-    _load_pack()
-    from comfyui_rlg.nodes.model_pair import build_pair
-    from comfyui_rlg.nodes.rlg_sampling import RLGCondBatchWrapper, install
+def _with_weight_functions(base, lora):
+    """RLG on a LoRA pair through the general path (weight functions), which non-plain LoRAs take."""
+    import comfy.patcher_extension
 
-    patched = base.clone()
-    install(patched, RLGCondBatchWrapper(build_pair(base, lora), 1.5, 0.0, 1.0, bypass=None))
+    patched = _load_pack()(base, lora, 1.5, 0.0, 1.0, batched=False)
+    (wrapper,) = patched.get_all_wrappers(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH)
+    for layer in wrapper.terms[0].pair.delta.layers:
+        layer.lowrank = None  # no hooks: every layer takes its weight function
     return patched
 
 
@@ -123,7 +123,7 @@ class Bench:
             "lora": lambda: self.lora,
             "rlg": lambda: apply_rlg(self.base, self.rl, 1.5, 0.0, 1.0),
             "rlg_lora": lambda: apply_rlg(self.base, self.lora, 1.5, 0.0, 1.0, batched=False),
-            "rlg_lora_wrappers": lambda: _with_weight_wrappers(self.base, self.lora),
+            "rlg_lora_wrappers": lambda: _with_weight_functions(self.base, self.lora),
             "rlg_lora_batched": lambda: apply_rlg(self.base, self.lora, 1.5, 0.0, 1.0, batched=True),
             "rlg_window50": lambda: apply_rlg(self.base, self.rl, 1.5, 0.5, 1.0),
         }[case]()

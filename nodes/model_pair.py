@@ -1,4 +1,4 @@
-"""How the RL model is held next to the base: checks, and the two ways of running it.
+"""How the RL model is held next to the base: the checks, and which form it takes.
 
 ComfyUI glue. Three forms reach RLG:
 
@@ -7,26 +7,22 @@ ComfyUI glue. Three forms reach RLG:
   them like any model after.
 * shared: the RL model is the base's module plus extra weight patches (base -> LoraLoader ->
   rl_model). Only one set of patches can be baked into a shared module, so the base's set is
-  baked in and the RL model's extra patches are added on the fly, only during the RL pass, by
-  weight wrappers (the same mechanism ComfyUI uses for low-VRAM LoRA). No second copy of the
-  weights, and no re-patching of the whole model at each step.
+  baked in and the RL model's extra patches (an RLDelta, nodes/rl_delta.py) are added on the fly,
+  only for the RL model's rows of a forward. No second copy of the weights, and no re-patching of
+  the whole model at each step.
 * identical: the RL model adds nothing; RLG then has no effect and only the base runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import comfy.lora
 import comfy.model_patcher
-import comfy.utils
-import torch
 
 from .patch_diff import DivergentPatchesError, added_entries, extra_weight_patches
+from .rl_delta import RLDelta, build_layer_deltas
 from .rlg_math import RLGInputError
 
 log = logging.getLogger("ComfyUI-RLG")
@@ -87,115 +83,43 @@ def check_same_architecture(base: Any, rl: Any, base_input: str = "model", rl_in
         )
 
 
-class RLPassSwitch:
-    """Adds the RL model's extra weight patches only while the RL pass runs (shared module).
-
-    Each patched key is handled the way ComfyUI itself would apply it, so w = 1 is exactly the RL
-    model as ComfyUI samples it:
-    * weights and biases of comfy-op layers (Linear, Conv, norms) get a weight wrapper: ComfyUI
-      calls it on a fresh copy of the weight at every forward of that layer, and it applies the
-      extra patches only while `active`;
-    * other parameters of leaf modules (for example SD3.5's RMSNorm scales) are swapped in for the
-      duration of the pass and restored after;
-    * parameters of non-leaf modules (MMDiT's pos_embed) are skipped, as ComfyUI's loader skips them.
-    """
-
-    def __init__(self, extra_patches: dict[str, list], module: torch.nn.Module):
-        self.extra_patches = extra_patches
-        self.active = False
-        self.wrapped_keys: list[str] = []
-        self.swapped_keys: list[str] = []
-        self.ignored_keys: list[str] = []
-        for key in extra_patches:
-            owner_name, _, param = key.rpartition(".")
-            owner = comfy.utils.get_attr(module, owner_name) if owner_name else module
-            if param in ("weight", "bias") and hasattr(owner, "comfy_cast_weights"):
-                self.wrapped_keys.append(key)
-            elif _owns_all_its_parameters(owner):
-                self.swapped_keys.append(key)
-            else:
-                self.ignored_keys.append(key)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.wrapped_keys and not self.swapped_keys
-
-    def install(self, patcher: Any) -> None:
-        for key in self.wrapped_keys:
-            patcher.add_weight_wrapper(key, _RLWeightWrapper(self, key))
-
-    @contextlib.contextmanager
-    def rl_pass(self, module: torch.nn.Module) -> Iterator[None]:
-        saved: dict[str, torch.Tensor] = {}
-        try:
-            for key in self.swapped_keys:
-                param = comfy.utils.get_attr(module, key)
-                saved[key] = param.data
-                param.data = _apply_patches(self.extra_patches[key], param.data, key)
-            self.active = True
-            yield
-        finally:
-            self.active = False
-            for key, data in saved.items():
-                comfy.utils.get_attr(module, key).data = data
-
-
-def _owns_all_its_parameters(module: torch.nn.Module) -> bool:
-    own = {name for name, _ in module.named_parameters(recurse=False)}
-    return all(name in own for name, _ in module.named_parameters())
-
-
-class _RLWeightWrapper:
-    """One layer's weight function; a no-op outside the RL pass."""
-
-    def __init__(self, switch: RLPassSwitch, key: str):
-        self.switch = switch
-        self.key = key
-
-    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        if not self.switch.active:
-            return weight
-        return _apply_patches(self.switch.extra_patches[self.key], weight, self.key)
-
-
-def _apply_patches(patches: list, weight: torch.Tensor, key: str) -> torch.Tensor:
-    # calculate_weight adds in place; work on a float32 copy and return the layer's dtype.
-    out = comfy.lora.calculate_weight(patches, weight.to(torch.float32, copy=True), key)
-    return out.to(weight.dtype)
+def _diverging(base: dict, rl: dict) -> list[str]:
+    """Keys whose entries differ between two of a patcher's per-key dicts of lists (identity, not value)."""
+    return sorted(k for k in set(base) | set(rl)
+                  if len(base.get(k, ())) != len(rl.get(k, ())) or any(
+                      a is not b for a, b in zip(base.get(k, ()), rl.get(k, ()), strict=False)))
 
 
 @dataclass
 class RLModelPair:
-    """The RL model as RLG runs it, next to the base patcher it was checked against."""
+    """The RL model as RLG runs it, next to the base patcher it was checked against.
 
-    mode: str  # "separate", "shared" or "identical"
+    mode: "separate" (its own module), "shared" (the base's module plus `delta`) or "identical".
+    own_options: a shared RL model whose options differ from the base's (its own wrappers, say),
+    so its pass runs with its own options and cannot share a forward with the base's rows.
+    """
+
+    mode: str
     rl_patcher: Any
     base_transformer_options: dict
     base_patch_keys: dict[str, int]
-    switch: RLPassSwitch | None = None
-
-    @contextlib.contextmanager
-    def rl_pass(self, module: torch.nn.Module) -> Iterator[None]:
-        if self.switch is None:
-            yield
-        else:
-            with self.switch.rl_pass(module):
-                yield
+    delta: RLDelta | None = None
+    own_options: bool = False
 
 
-def _divergent_message(err: DivergentPatchesError) -> str:
+def _divergent_message(err: DivergentPatchesError, rl_input: str) -> str:
     keys = (err.missing_in_rl + err.changed)[:3]
     return (
-        "rl_model shares model's weights but is not model plus extra patches: model has weight "
-        f"patches (for example on {', '.join(keys)}) that rl_model lacks. RLG blends model with "
-        "'model + RL LoRA', so load the RL LoRA after model's own LoRAs (model -> your LoRAs -> RL "
-        "LoRA -> rl_model), or check that model and rl_model are not swapped."
+        f"{rl_input} shares model's weights but is not model plus extra patches: model has weight "
+        f"patches (for example on {', '.join(keys)}) that {rl_input} lacks. RLG blends model with "
+        f"'model + RL LoRA', so load the RL LoRA after model's own LoRAs (model -> your LoRAs -> RL "
+        f"LoRA -> {rl_input}), or check that model and {rl_input} are not swapped."
     )
 
 
-def build_pair(base: Any, rl: Any) -> RLModelPair:
+def build_pair(base: Any, rl: Any, rl_input: str = "rl_model") -> RLModelPair:
     """Check the pair and decide how the RL pass runs. Raises RLGInputError for unusable pairs."""
-    check_same_architecture(base, rl)
+    check_same_architecture(base, rl, rl_input=rl_input)
     base_options = comfy.model_patcher.create_model_options_clone(base.model_options)
     base_to = base_options.get("transformer_options", {})
     base_patch_keys = {k: len(v) for k, v in base.patches.items()}
@@ -206,7 +130,7 @@ def build_pair(base: Any, rl: Any) -> RLModelPair:
     try:
         extra = extra_weight_patches(base.patches, rl.patches)
     except DivergentPatchesError as err:
-        raise RLGInputError(_divergent_message(err)) from None
+        raise RLGInputError(_divergent_message(err, rl_input)) from None
 
     differing_objects = sorted(
         k for k in set(base.object_patches) | set(rl.object_patches)
@@ -214,17 +138,36 @@ def build_pair(base: Any, rl: Any) -> RLModelPair:
     )
     if differing_objects:
         raise RLGInputError(
-            "rl_model shares model's weights but was patched differently "
+            f"{rl_input} shares model's weights but was patched differently "
             f"({', '.join(differing_objects)}); both passes run on one module, so apply such "
             "patches (for example ModelSampling nodes) before the RL LoRA loader so both inputs "
             "carry them, or after RLG Apply."
         )
+    # What newer ComfyUI can also put on a LoRA clone. None of it can be switched per pass on a shared
+    # module, and a pair compared by its weight patches alone would look identical: refuse it by name.
+    for what, differing, fix in (
+        ("injections (ComfyUI's bypass LoRA loader)", _diverging(getattr(base, "injections", {}),
+                                                                  getattr(rl, "injections", {})),
+         "load the RL LoRA with LoraLoaderModelOnly or Load LoRA (PEFT aware) instead"),
+        ("weight wrappers", _diverging(base.weight_wrapper_patches, rl.weight_wrapper_patches),
+         "load the RL model as a separate file, or apply that node to both inputs before the RL LoRA"),
+        ("hook patches", sorted(map(str, set(getattr(rl, "hook_patches", {}))
+                                         ^ set(getattr(base, "hook_patches", {})))),
+         "set the hooks on both inputs (before the RL LoRA loader), or load the RL model as a separate file"),
+    ):
+        if differing:
+            raise RLGInputError(
+                f"{rl_input} shares model's weights but differs from it by {what} ({', '.join(differing[:3])}), "
+                f"which RLG cannot switch on for the RL pass only; {fix}."
+            )
 
-    switch = RLPassSwitch(extra, base.model)
+    delta = RLDelta(build_layer_deltas(extra, base.model), label=rl_input)
     rl_options_added = added_entries(rl.model_options.get("transformer_options", {}), base_to)
-    if switch.is_empty and not rl_options_added and rl.model_options.keys() == base.model_options.keys():
+    own_options = bool(rl_options_added) or rl.model_options.keys() != base.model_options.keys() \
+        or rl.wrappers != base.wrappers or rl.callbacks != base.callbacks
+    if delta.is_empty and not own_options:
         return RLModelPair("identical", rl, base_to, base_patch_keys)
-    if switch.ignored_keys:
+    if delta.skipped:
         log.info("RLG: %d RL patches on non-leaf parameters are skipped, as ComfyUI's loader skips them: %s",
-                 len(switch.ignored_keys), ", ".join(switch.ignored_keys[:3]))
-    return RLModelPair("shared", rl, base_to, base_patch_keys, switch=switch)
+                 len(delta.skipped), ", ".join(layer.key for layer in delta.skipped[:3]))
+    return RLModelPair("shared", rl, base_to, base_patch_keys, delta=delta, own_options=own_options)

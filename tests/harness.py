@@ -31,9 +31,12 @@ def load_model(family: str = "sd3", seed: int = 0, rl_seed: int | None = None):
     return comfy.sd.load_diffusion_model_state_dict(dict(_state_dict(family, seed, rl_seed)))
 
 
-def with_lora(model, lora_seed: int = 7, strength: float = 1.0, match: str = "attn"):
-    """model -> LoraLoaderModelOnly, the stock way: a clone sharing the module."""
-    sd = {k: v for k, v in model.model.diffusion_model.state_dict().items()}
+def with_lora(model, lora_seed: int = 7, strength: float = 1.0, match: str = "attn", like: dict | None = None):
+    """model -> LoraLoaderModelOnly, the stock way: a clone sharing the module.
+
+    The LoRA's size follows the model's weights, or those of `like` (the float weights of a quantized model).
+    """
+    sd = like if like is not None else {k: v for k, v in model.model.diffusion_model.state_dict().items()}
     lora = tm.lora_for(sd, lora_seed, match=match)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     patches = comfy.lora.load_lora(lora, key_map)
@@ -79,6 +82,13 @@ class ForwardCounter:
     def attach(self, patcher):
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_counter", self)
         return patcher
+
+
+def rlg_wrapper(patched):
+    """The RLG wrapper a patched model carries (its terms, forms and options)."""
+    (wrapper,) = [w for w in patched.get_all_wrappers(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH)
+                  if type(w).__name__ == "RLGCondBatchWrapper"]
+    return wrapper
 
 
 def probe_predictions(model, xs: list[torch.Tensor], sigmas: torch.Tensor, positive, negative, cfg: float,

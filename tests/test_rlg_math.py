@@ -9,6 +9,7 @@ from comfyui_rlg.nodes.patch_diff import DivergentPatchesError, added_entries, e
 from comfyui_rlg.nodes.rlg_math import (
     RLGInputError,
     SigmaWindow,
+    TermSpec,
     blend_prediction_lists,
     blend_predictions,
     check_scale,
@@ -48,18 +49,29 @@ def test_blend_lists_must_match():
 
 def test_plan_inside_and_outside_window():
     window = SigmaWindow(sigma_start=0.8, sigma_end=0.2)
-    assert plan_step(0.9, window, 2.0) == plan_step(0.1, window, 2.0)
-    outside = plan_step(0.9, window, 2.0)
-    assert (outside.run_base, outside.run_rl, outside.scale) == (False, True, 1.0)
-    inside = plan_step(0.5, window, 2.0)
-    assert (inside.run_base, inside.run_rl, inside.scale) == (True, True, 2.0)
-    assert plan_step(0.8, window, 2.0).run_base and plan_step(0.2, window, 2.0).run_base  # inclusive ends
+    spec = TermSpec(2.0, 0.2, 0.8)
+    weight = lambda sigma: spec.weight_at(sigma, window, lambda s: 1 - s)  # noqa: E731
+    assert weight(0.9) is None and weight(0.1) is None
+    assert weight(0.8) == 2.0 and weight(0.2) == 2.0  # inclusive ends
+    # RLG Apply (one RL model): outside the window the RL model runs alone.
+    outside = plan_step([None], rl_alone_outside=True)
+    assert (outside.run_base, outside.terms) == (False, ((0, 1.0),))
+    # Several RL models: outside its window a term is off, and with none on the base runs alone.
+    assert (plan_step([None]).run_base, plan_step([None]).terms) == (True, ())
+    inside = plan_step([weight(0.5)], rl_alone_outside=True)
+    assert (inside.run_base, inside.terms) == (True, ((0, 2.0),))
 
 
 def test_plan_skips_the_model_a_weight_of_zero_ignores():
-    window = SigmaWindow(10.0, 0.0)
-    assert (plan_step(1.0, window, 0.0).run_base, plan_step(1.0, window, 0.0).run_rl) == (True, False)
-    assert (plan_step(1.0, window, 1.0).run_base, plan_step(1.0, window, 1.0).run_rl) == (False, True)
+    assert (plan_step([0.0]).run_base, plan_step([0.0]).run_rl) == (True, False)
+    assert (plan_step([1.0]).run_base, plan_step([1.0]).run_rl) == (False, True)
+    # The base's coefficient is 1 - sum w_i: zero for weights that sum to one.
+    assert not plan_step([0.25, 0.75]).run_base
+    assert plan_step([0.0, 2.0, None]).terms == ((1, 2.0),)
+    rows = torch.tensor([0.0, 1.0, 2.0])  # a scale per batch row (a sweep): each model runs if any row needs it
+    plan = plan_step([rows])
+    assert plan.run_base and plan.terms[0][1] is rows
+    assert not plan_step([torch.ones(3)]).run_base and not plan_step([torch.zeros(3)]).run_rl
 
 
 def test_window_from_percents_maps_start_to_larger_sigma():

@@ -287,7 +287,8 @@ def test_batched_lora_path_blends_like_two_passes(w):
     base = h.load_model("sd3")
     lora = h.with_lora(base)
     fast = apply_rlg(base, lora, w, 0.0, 1.0, batched=True)
-    assert fast.get_all_wrappers(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH)[0].bypass is not None
+    wrapper = h.rlg_wrapper(fast)
+    assert wrapper.batched and wrapper.terms[0].pair.delta.hooks_only
     counter = h.ForwardCounter()
     counter.attach(fast)
     kw = dict(batch=2, cfg=3.0, steps=4)
@@ -299,19 +300,30 @@ def test_batched_lora_path_blends_like_two_passes(w):
     assert h.max_diff(h.ksample(base, **kw), h.ksample(base, **kw)) == 0.0  # no hook left behind
 
 
-def test_lora_bypass_is_not_used_where_it_would_not_be_exact():
+def test_lora_fast_path_is_used_only_where_it_is_exact():
     base = h.load_model("sd3")
-    wrappers = comfy.patcher_extension.WrappersMP.CALC_COND_BATCH
-    bypass = lambda m: m.get_all_wrappers(wrappers)[0].bypass  # noqa: E731
-    assert bypass(apply_rlg(base, h.load_model("sd3", rl_seed=1), 1.5, 0, 1)) is None  # not a LoRA
-    rl = h.with_lora(base)
-    h.ForwardCounter().attach(rl)  # the RL model has its own wrapper: it needs its own options
-    assert bypass(apply_rlg(base, rl, 1.5, 0, 1)) is None
+    pair = lambda m: h.rlg_wrapper(m).terms[0].pair  # noqa: E731
+    assert pair(apply_rlg(base, h.load_model("sd3", rl_seed=1), 1.5, 0, 1)).mode == "separate"  # not a LoRA
+    assert pair(apply_rlg(base, h.with_lora(base), 1.5, 0, 1)).delta.hooks_only
     diff = h.with_lora(base)
     key = "diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"
     diff.add_patches({key: ("diff", (torch.zeros(base.get_model_object(key).shape),))})
-    assert bypass(apply_rlg(base, diff, 1.5, 0, 1)) is None  # not a plain LoRA: weight wrappers
-    assert not bypass(apply_rlg(base, h.with_lora(base), 1.5, 0, 1)).batched  # on the CPU: two forwards
+    delta = pair(apply_rlg(base, diff, 1.5, 0, 1)).delta
+    assert not delta.hooks_only  # not a plain LoRA on that layer: a weight function, in a forward of its own
+    assert {layer.fast for layer in delta.layers if layer.key == key} == {"function"}
+    assert not h.rlg_wrapper(apply_rlg(base, h.with_lora(base), 1.5, 0, 1)).batched  # on the CPU: two forwards
+
+    # An RL model with a wrapper of its own needs its own options: its rows never share the base's forward.
+    rl = h.with_lora(base)
+    base_count, rl_count = h.ForwardCounter(), h.ForwardCounter()
+    rl_count.attach(rl)
+    patched = apply_rlg(base, rl, 1.5, 0, 1, batched=True)
+    assert pair(patched).own_options
+    base_count.attach(patched)
+    out = h.ksample(patched, steps=3)
+    assert rl_count.calls == 3 and base_count.calls == 3  # two forwards a step, each with its own wrappers
+    two_pass = h.ksample(apply_rlg(base, rl, 1.5, 0, 1, batched=False), steps=3)
+    assert h.max_diff(out, two_pass) <= 1e-5
 
 
 @pytest.mark.parametrize("form", ["bypass", "weight wrappers"])

@@ -84,7 +84,7 @@ def lora_for(
             continue
         base = "diffusion_model." + key[: -len(".weight")]
         n_out, n_in = value.shape
-        out[base + ".lora_up.weight"] = torch.randn(n_out, rank, generator=gen) * scale * value.std()
+        out[base + ".lora_up.weight"] = torch.randn(n_out, rank, generator=gen) * scale * value.float().std()
         out[base + ".lora_down.weight"] = torch.randn(rank, n_in, generator=gen)
         out[base + ".alpha"] = torch.tensor(float(rank))
     return out
@@ -138,3 +138,22 @@ def tiny_sd15_controlnet_state_dict(seed: int = 0, std: float = 0.02) -> dict[st
         dtype=torch.float32, operations=comfy.ops.disable_weight_init,
     )
     return {"control_model." + k: v for k, v in _fill_seeded(net, seed, std).items()}
+
+
+def scaled_fp8(state_dict: dict[str, torch.Tensor], match: tuple[str, ...] = ("attn", "mlp")) -> dict:
+    """A 'scaled fp8' checkpoint of a state dict, as fp8 SD3.5 / FLUX files ship.
+
+    The 2-D weights whose key contains one of `match` are stored as float8_e4m3fn with a per-layer
+    scale_weight, plus the 'scaled_fp8' marker key; ComfyUI 0.8.0 and newer load these layers as
+    mixed-precision (quantized) linears, not torch.nn.Linear.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith(".weight") and value.ndim == 2 and any(m in key for m in match):
+            scale = value.abs().max() / 448.0
+            out[key] = (value / scale).to(torch.float8_e4m3fn)
+            out[key[: -len("weight")] + "scale_weight"] = scale.reshape(1)
+        else:
+            out[key] = value
+    out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return out

@@ -1,0 +1,408 @@
+"""The RL part of an RL model that shares the base's module, and how one forward runs it.
+
+ComfyUI glue. An RL model made as base -> LoRA loader -> rl_model is the base's very module plus
+extra weight patches; only one set of weights can live in that module, so the RL pass adds the
+extra patches on the fly, for one forward at a time, in one of three ways per layer:
+
+* hook: a plain LoRA on a linear layer (any layer that computes x @ W.T + b, nn.Linear or ComfyUI's
+  quantized and mixed-precision linears alike) adds scale * up @ (down @ x) to its output in a
+  forward hook, for the rows of the batch that belong to this RL model. No weight is copied, and
+  the base rows of a shared forward stay the base's.
+* function: any other patch on the weight or bias of a ComfyUI op (LoHa, LoKr, DoRA, diff...) is
+  applied by a weight function, the mechanism ComfyUI itself uses for low-VRAM LoRAs, installed on
+  the layer only for this forward (so quantized kernels stay on for the base pass).
+* swap: a patch on a plain parameter of a leaf module (SD3.5's RMSNorm scales) is swapped into
+  the parameter for this forward and restored after.
+Parameters of non-leaf modules (MMDiT's pos_embed) are skipped, as ComfyUI's loader skips them.
+
+The layers are looked up by name on the model that is actually running the forward (the APPLY_MODEL
+wrapper's model), never kept from when the node ran: newer ComfyUI rebuilds modules (a non-dynamic
+delegate, one copy per GPU for a multi-GPU split). And every forward proves it ran the RL model:
+each hook must fire and each weight function must be called wherever its layer ran. A layer that
+did not (a module rebuilt behind our back, a layer computed without calling its module) is
+recomputed the exact way, function and then swap, in a second forward of the same inputs, and the
+console says so once. What cannot be made exact stops sampling with an RLGRuntimeError; a
+prediction silently lacking the RL part is never returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import comfy.lora
+import comfy.utils
+import torch
+
+from .rlg_math import RLGRuntimeError
+
+log = logging.getLogger("ComfyUI-RLG")
+
+HOOK, FUNCTION, SWAP, SKIP = "hook", "function", "swap", "skip"
+
+# Swapping parameters changes a module for every thread that runs it; swaps are rare (a fallback,
+# and patches on plain parameters), so they simply run one forward at a time.
+_SWAP_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """One plain LoRA patch: out[..., rows of the slice] += scale * up @ (down @ x)."""
+
+    up: torch.Tensor
+    down: torch.Tensor
+    scale: float
+    out_slice: tuple[int, int] | None  # (start, length) on the output features, for fused weights
+
+
+def plain_lora(patch: tuple) -> LowRank | None:
+    """The low-rank form of a ComfyUI patch entry when it is a plain LoRA, else None.
+
+    Entry: (strength, adapter, strength_model, offset, function). Offsets on dim 0 (the output
+    features: Flux's fused qkv + mlp, Qwen's gate_up) are kept as an output slice.
+    """
+    strength, value, strength_model, offset, function = (tuple(patch) + (None,) * 5)[:5]
+    if function is not None or strength_model != 1.0:
+        return None
+    if offset is not None and (len(offset) != 3 or offset[0] != 0):
+        return None
+    if getattr(value, "name", None) == "lora" and hasattr(value, "weights"):
+        weights = value.weights
+    elif isinstance(value, tuple) and len(value) == 2 and value[0] == "lora":
+        weights = value[1]
+    else:
+        return None
+    up, down, alpha, mid, dora_scale, reshape = (tuple(weights) + (None,) * 6)[:6]
+    if mid is not None or dora_scale is not None or reshape is not None or up.ndim != 2 or down.ndim != 2:
+        return None
+    rank = down.shape[0]
+    scale = float(strength) * (float(alpha) / rank if alpha is not None else 1.0)
+    return LowRank(up, down, scale, None if offset is None else (int(offset[1]), int(offset[2])))
+
+
+def _linear_shape(module: torch.nn.Module) -> tuple[int, int] | None:
+    """(out_features, in_features) of a layer that computes x @ W.T + b, judged by what it holds."""
+    out_f, in_f = getattr(module, "out_features", None), getattr(module, "in_features", None)
+    if isinstance(out_f, int) and isinstance(in_f, int):
+        return out_f, in_f
+    weight = getattr(module, "weight", None)
+    if isinstance(module, torch.nn.Linear) and weight is not None and weight.ndim == 2:
+        return tuple(weight.shape)
+    return None
+
+
+def _owns_all_its_parameters(module: torch.nn.Module) -> bool:
+    own = {name for name, _ in module.named_parameters(recurse=False)}
+    return all(name in own for name, _ in module.named_parameters())
+
+
+@dataclass
+class LayerDelta:
+    """What the RL model adds to one parameter, and the ways to run it."""
+
+    key: str  # parameter key under the BaseModel, e.g. diffusion_model.joint_blocks.0.x_block.attn.qkv.weight
+    module_name: str
+    param: str
+    patches: list  # ComfyUI patch entries, applied by calculate_weight for FUNCTION and SWAP
+    exact: str  # FUNCTION, SWAP or SKIP: the way that works without hooks
+    lowrank: list[LowRank] | None = None  # set when a forward hook reproduces the patches
+    _cast: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def fast(self) -> str:
+        return HOOK if self.lowrank is not None else self.exact
+
+    def add_delta(self, out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor | None) -> None:
+        """out += scale * up @ (down @ x) for each patch, on its output features, in the given rows."""
+        key = (x.device, x.dtype)
+        terms = self._cast.get(key)
+        if terms is None:  # one copy per device and dtype; threads may race to make it, harmlessly
+            terms = [(p.up.to(x.device, x.dtype), p.down.to(x.device, x.dtype), p.scale, p.out_slice)
+                     for p in self.lowrank]
+            self._cast[key] = terms
+        if rows is not None:
+            x = x[rows]
+        for up, down, scale, out_slice in terms:
+            term = torch.nn.functional.linear(torch.nn.functional.linear(x, down), up) * scale
+            view = out if out_slice is None else out[..., out_slice[0]:out_slice[0] + out_slice[1]]
+            if rows is None:
+                view.add_(term)
+            else:
+                view[rows] += term
+
+    def patched(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight with the RL patches applied, as ComfyUI applies them (in float32, back to its dtype)."""
+        if type(weight) is not torch.Tensor and not isinstance(weight, torch.nn.Parameter):
+            raise RLGRuntimeError(
+                f"RLG cannot add the RL LoRA to {self.key}: its weight is a {type(weight).__name__} (a quantized "
+                "format), which RLG can only patch through ComfyUI's weight functions, and this layer did not "
+                "call them. Load the RL model as a separate merged file instead.")
+        out = comfy.lora.calculate_weight(self.patches, weight.to(torch.float32, copy=True), self.key)
+        return out.to(weight.dtype)
+
+
+def build_layer_deltas(extra_patches: dict[str, list], module: torch.nn.Module) -> list[LayerDelta]:
+    """Classify the RL model's extra patches on `module` (the base's BaseModel, only for their kinds)."""
+    layers = []
+    for key, patches in extra_patches.items():
+        owner_name, _, param = key.rpartition(".")
+        owner = comfy.utils.get_attr(module, owner_name) if owner_name else module
+        if param in ("weight", "bias") and hasattr(owner, "comfy_cast_weights"):
+            exact = FUNCTION
+        elif _owns_all_its_parameters(owner):
+            exact = SWAP
+        else:
+            exact = SKIP
+        layer = LayerDelta(key, owner_name, param, list(patches), exact)
+        shape = _linear_shape(owner)
+        if param == "weight" and exact != SKIP and shape is not None:
+            lowrank = [plain_lora(p) for p in patches]
+            if all(lr is not None and _fits(lr, shape) for lr in lowrank):
+                layer.lowrank = lowrank
+        layers.append(layer)
+    return layers
+
+
+def _fits(lowrank: LowRank, shape: tuple[int, int]) -> bool:
+    out_f, in_f = shape
+    rows = lowrank.out_slice[1] if lowrank.out_slice else out_f
+    if lowrank.out_slice and lowrank.out_slice[0] + lowrank.out_slice[1] > out_f:
+        return False
+    return lowrank.up.shape[0] == rows and lowrank.down.shape[1] == in_f
+
+
+@dataclass
+class RLDelta:
+    """Everything one shared-module RL model adds to the base, layer by layer."""
+
+    layers: list[LayerDelta]
+    label: str = "rl_model"
+
+    @property
+    def runnable(self) -> list[LayerDelta]:
+        return [layer for layer in self.layers if layer.exact != SKIP]
+
+    @property
+    def skipped(self) -> list[LayerDelta]:
+        return [layer for layer in self.layers if layer.exact == SKIP]
+
+    @property
+    def hooks_only(self) -> bool:
+        """True when hooks alone run this delta: then its rows can share a forward with others."""
+        return bool(self.runnable) and all(layer.fast == HOOK for layer in self.runnable)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.runnable
+
+
+class _Tally:
+    """What happened to each layer during one forward."""
+
+    def __init__(self):
+        self.fired: dict[str, int] = {}  # hook fired with RL rows
+        self.misfit: set[str] = set()  # hook fired but the input did not fit (rows not first, other shape)
+        self.called: dict[str, int] = {}  # module called (for FUNCTION layers)
+        self.functions: dict[str, int] = {}  # weight function applied
+
+    @staticmethod
+    def bump(counter: dict, key: str) -> None:
+        counter[key] = counter.get(key, 0) + 1
+
+
+def _resolve(model: Any, name: str, label: str) -> torch.nn.Module:
+    try:
+        return comfy.utils.get_attr(model, name) if name else model
+    except AttributeError:
+        raise RLGRuntimeError(
+            f"RLG: the running model has no layer {name!r}, which {label} patches; the model being sampled is "
+            "not the one the RL LoRA was loaded on. Connect rl_model from the same base model.") from None
+
+
+def _hook(layer: LayerDelta, module: torch.nn.Module, rows: torch.Tensor | None, tally: _Tally,
+          thread: int) -> Callable:
+    shape = _linear_shape(module)
+
+    def hook(module, inputs, output):
+        if threading.get_ident() != thread:  # another thread's forward on the same module
+            return None
+        x = inputs[0] if inputs else None
+        fits = (shape is not None and isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor)
+                and x.shape[-1] == shape[1] and output.shape[-1] == shape[0]
+                and (rows is None or (x.shape[0] == rows.shape[0] and output.shape[0] == rows.shape[0])))
+        if not fits:  # the batch is not first, or the layer is not what it looked like: the exact way then
+            tally.misfit.add(layer.key)
+            return None
+        tally.bump(tally.fired, layer.key)
+        out = output if not torch.is_grad_enabled() else output.clone()  # sampling: the output is ours
+        layer.add_delta(out, x, rows)
+        return out
+
+    return hook
+
+
+@contextmanager
+def _weight_function(module: torch.nn.Module, layer: LayerDelta, tally: _Tally, thread: int) -> Iterator[None]:
+    """Add a weight (or bias) function to this one module for the duration of a forward."""
+    attr = f"{layer.param}_function"
+    had_own = attr in module.__dict__
+    previous = getattr(module, attr)  # ComfyUI's class-level default is a shared [], never appended to
+
+    def function(weight):
+        if threading.get_ident() != thread:
+            return weight
+        tally.bump(tally.functions, layer.key)
+        return layer.patched(weight)
+
+    def count_call(mod, args):
+        if threading.get_ident() == thread:
+            tally.bump(tally.called, layer.key)
+
+    setattr(module, attr, [*previous, function])
+    handle = module.register_forward_pre_hook(count_call)
+    try:
+        yield
+    finally:
+        handle.remove()
+        if had_own:
+            setattr(module, attr, previous)
+        else:
+            delattr(module, attr)
+
+
+@contextmanager
+def _swapped(module: torch.nn.Module, layer: LayerDelta) -> Iterator[None]:
+    param = getattr(module, layer.param)
+    saved = param.data
+    param.data = layer.patched(saved)
+    try:
+        yield
+    finally:
+        param.data = saved
+
+
+@dataclass
+class Assignment:
+    """One RL model in one forward: its rows (None = all rows) and the way each layer runs."""
+
+    term: int
+    delta: RLDelta
+    rows: torch.Tensor | None
+    ways: dict[str, str]
+
+
+def _run(executor: Callable, args: tuple, kwargs: dict, model: Any, assignments: list[Assignment]) -> tuple:
+    tally = _Tally()
+    thread = threading.get_ident()
+    handles = []
+    needs_lock = any(way == SWAP for a in assignments for way in a.ways.values())
+    with contextlib.ExitStack() as stack:
+        if needs_lock:
+            stack.enter_context(_SWAP_LOCK)
+        for a in assignments:
+            for layer in a.delta.runnable:
+                module = _resolve(model, layer.module_name, a.delta.label)
+                way = a.ways[layer.key]
+                if way == HOOK:
+                    handles.append(module.register_forward_hook(_hook(layer, module, a.rows, tally, thread)))
+                elif way == FUNCTION:
+                    stack.enter_context(_weight_function(module, layer, tally, thread))
+                else:
+                    stack.enter_context(_swapped(module, layer))
+        try:
+            out = executor(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return out, tally
+
+
+def _escalate(delta: RLDelta, ways: dict[str, str], tally: _Tally) -> tuple[dict[str, str], list[str]]:
+    """The ways for a re-run after a forward whose tally shows layers that did not take the RL part.
+
+    Returns (new ways, the layers that need the re-run). A hook that did not fire, or fired on an
+    input it did not fit, moves to the exact way (function, else swap); a weight function that was
+    not applied although its module ran moves to a swap. A function neither applied nor called did
+    not take part in the forward at all (a block skipped by SkipLayerGuidance, say), which is right.
+    A function applied without its module being called is right too: ComfyUI computed the layer
+    through its weight cast (newest ComfyUI's linear_input_act does), which applies it.
+    """
+    new = dict(ways)
+    redo = []
+    for layer in delta.runnable:
+        way = ways[layer.key]
+        missed = (way == HOOK and (layer.key in tally.misfit or not tally.fired.get(layer.key))) or (
+            way == FUNCTION and tally.called.get(layer.key) and not tally.functions.get(layer.key))
+        if missed:
+            new[layer.key] = layer.exact if way == HOOK else SWAP
+            redo.append(layer.key)
+    return new, redo
+
+
+class RLRowsForward:
+    """APPLY_MODEL wrapper for one RL forward: adds each RL model's part to its rows, and checks it did.
+
+    term_of_cond maps an index into the conds list of the calc_cond_batch call (what ComfyUI puts in
+    transformer_options["cond_or_uncond"]) to a term: 0 for the base's rows, k for deltas[k]. It is
+    stateless per call, so the same wrapper can run in several threads at once, each on its own copy
+    of the model and its own share of the rows (newest ComfyUI's multi-GPU split).
+    """
+
+    def __init__(self, deltas: dict[int, RLDelta], term_of_cond: Callable[[int], int], notify: Callable[[str], None]):
+        self.deltas = deltas
+        self.term_of_cond = term_of_cond
+        self.notify = notify
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                 **kwargs):
+        args = (x, t, c_concat, c_crossattn, control, transformer_options)
+        model = executor.class_obj
+        chunks = (transformer_options or {}).get("cond_or_uncond") or []
+        if not chunks or x.shape[0] % len(chunks):
+            raise RLGRuntimeError("RLG: cannot tell which rows of this forward belong to the RL model "
+                                  f"(cond_or_uncond {chunks!r} for {x.shape[0]} rows); please report this.")
+        per_chunk = x.shape[0] // len(chunks)
+        chunk_terms = [self.term_of_cond(c) for c in chunks]
+        row_terms = torch.tensor(chunk_terms, device=x.device).repeat_interleave(per_chunk)
+        assignments = []
+        for term in sorted(set(chunk_terms) - {0}):
+            delta = self.deltas[term]
+            rows = None if all(c == term for c in chunk_terms) else row_terms == term
+            assignments.append(Assignment(term, delta, rows, {layer.key: layer.fast for layer in delta.runnable}))
+        if not assignments:
+            return executor(*args, **kwargs)
+
+        out, tally = _run(executor, args, kwargs, model, assignments)
+        for a in assignments:
+            out = self._make_exact(executor, args, kwargs, model, a, out, tally)
+        return out
+
+    def _make_exact(self, executor, args, kwargs, model, a: Assignment, out: torch.Tensor,
+                    tally: _Tally) -> torch.Tensor:
+        """Re-run this RL model's rows the exact way where the forward's tally shows a layer missed."""
+        ways, redo = _escalate(a.delta, a.ways, tally)
+        for _ in range(2):  # hook -> function -> swap, at most two re-runs
+            if not redo:
+                return out
+            exact, tally = _run(executor, args, kwargs, model, [Assignment(a.term, a.delta, None, ways)])
+            out = exact if a.rows is None else torch.where(_rows_like(a.rows, out), exact, out)
+            took_part = [k for k in redo if tally.functions.get(k) or tally.fired.get(k) or ways[k] == SWAP]
+            if took_part:  # not just layers that took no part in this forward (a block skipped by SLG, say)
+                self.notify(
+                    f"RLG: {len(took_part)} RL LoRA layers of {a.delta.label} did not take the fast path on this "
+                    f"ComfyUI (for example {took_part[0]}: computed without calling the module, or a rebuilt "
+                    "copy); RLG recomputed them the exact way, which costs one more forward where it happens.")
+            ways, redo = _escalate(a.delta, ways, tally)
+        raise RLGRuntimeError(
+            f"RLG could not add the RL LoRA of {a.delta.label} to every layer on this ComfyUI (for example {redo[0]}). "
+            "Load the RL model as a separate merged file instead (ComfyUI's model merging and save nodes make one), "
+            "or report this with your ComfyUI version.")
+
+
+def _rows_like(rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return rows.to(out.device).reshape(rows.shape[0], *([1] * (out.ndim - 1)))
