@@ -41,7 +41,11 @@ SIZES = {
     # name: (depth, latent side, steps, batch); hidden = 64 * depth
     "tiny": (2, 8, 8, 2),      # 1.1 M params, 16 image tokens: per-call overhead dominates
     "small": (6, 32, 6, 1),    # 31 M params, 256 image tokens: the network's compute dominates
+    # SD3.5-Medium's true shape (MMDiT-X, depth 24, hidden 1536, 2.5 B params), random weights, a
+    # 512x512 image (64x64 latent): only with --sizes sd35m, on a GPU (RLG_BENCH_DEVICE=cuda).
+    "sd35m": (24, 64, 6, 1),
 }
+DEFAULT_SIZES = ("tiny", "small")
 QUICK_SIZES = {"tiny": (2, 8, 4, 2), "small": (4, 16, 4, 1)}
 CASES = ("base", "rl", "rlg", "lora", "rlg_lora", "rlg_lora_batched", "rlg_lora_wrappers", "rlg_window50")
 
@@ -79,6 +83,35 @@ def _with_weight_functions(base, lora):
     return patched
 
 
+def sd35m_state_dict() -> dict:
+    """SD3.5-Medium's diffusion model, with its true shapes and seeded random fp16 weights.
+
+    MMDiT-X: depth 24, hidden 1536, 24 heads, RMS qk-norm, dual attention in blocks 0-12, a 384
+    position table, T5/CLIP context 4096 wide and a 2048-wide pooled vector. Built on the meta
+    device (shapes only), then filled on the benchmark device.
+    """
+    import comfy.ops
+    import torch
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+
+    with torch.device("meta"):
+        net = OpenAISignatureMMDITWrapper(
+            input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=24, adm_in_channels=2048,
+            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 1536}},
+            pos_embed_max_size=384, num_patches=384 * 384, qk_norm="rms", x_block_self_attn=False,
+            x_block_self_attn_layers=list(range(13)), device="meta", dtype=torch.float16,
+            operations=comfy.ops.disable_weight_init)
+    device = "cuda" if os.environ.get("RLG_BENCH_DEVICE") == "cuda" else "cpu"
+    gen = torch.Generator(device).manual_seed(0)
+    out = {}
+    for key, value in sorted(net.state_dict().items()):
+        if key.endswith("norm.weight") or (".ln_" in key and key.endswith(".weight")):
+            out[key] = torch.ones(value.shape, dtype=torch.float16, device=device)
+        else:
+            out[key] = (torch.randn(value.shape, generator=gen, device=device) * 0.02).to(torch.float16)
+    return out
+
+
 class Bench:
     """Models and inputs of one size, and a runner per case."""
 
@@ -92,9 +125,13 @@ class Bench:
 
         self.torch = torch
         self.depth, self.side, self.steps, self.batch = sizes[size]
-        net = tiny_sd3.build_mmdit(depth=self.depth)
-        base_sd = tiny_sd3.seeded_state_dict(net, 0, std=0.02)
-        del net
+        self.size = size
+        if size == "sd35m":
+            base_sd = sd35m_state_dict()
+        else:
+            net = tiny_sd3.build_mmdit(depth=self.depth)
+            base_sd = tiny_sd3.seeded_state_dict(net, 0, std=0.02)
+            del net
         self.params = sum(v.numel() for v in base_sd.values())
         self.rl_bytes = sum(v.numel() * v.element_size() for v in base_sd.values())  # same shapes as the base
         self.lora_bytes = 0
@@ -112,7 +149,13 @@ class Bench:
             self.lora.add_patches(comfy.lora.load_lora(lora_sd, key_map))
             del lora_sd
         del base_sd
-        self.positive, self.negative = tiny_models.tiny_conds("sd3", self.batch, 0)
+        if size == "sd35m":  # T5 + CLIP tokens, 4096 wide; the pooled CLIP-L + CLIP-G vector, 2048 wide
+            gen = torch.Generator().manual_seed(0)
+            self.positive, self.negative = (
+                [[torch.randn(self.batch, 333, 4096, generator=gen),
+                  {"pooled_output": torch.randn(self.batch, 2048, generator=gen)}]] for _ in range(2))
+        else:
+            self.positive, self.negative = tiny_models.tiny_conds("sd3", self.batch, 0)
         self.latent = torch.zeros(self.batch, 16, self.side, self.side)
 
     def model_for(self, case: str):
@@ -215,6 +258,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per case (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller models and fewer steps (a smoke run)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory processes")
+    parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
+                        help=f"comma-separated model sizes, of {', '.join(SIZES)} (sd35m: a GPU and ~20 GB)")
     parser.add_argument("--memory-child", nargs=2, metavar=("SIZE", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -222,7 +267,7 @@ def main() -> None:
         return
 
     _setup_comfy()
-    sizes = QUICK_SIZES if args.quick else SIZES
+    sizes = QUICK_SIZES if args.quick else {name: SIZES[name] for name in args.sizes.split(",")}
     results_dir = ROOT / "benchmarks" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")

@@ -32,8 +32,15 @@ sys.path.insert(0, str(ROOT / "demo"))  # the demo's training code and HTTP driv
 
 import comfy.cli_args  # noqa: E402
 
-comfy.cli_args.args.cpu = True
+# The CPU unless RLG_TEST_DEVICE=cuda (scripts/gpu_check.sh, on a GPU machine; never in CI).
+ON_GPU = os.environ.get("RLG_TEST_DEVICE") == "cuda"
+comfy.cli_args.args.cpu = not ON_GPU
 comfy.cli_args.args.deterministic = True
+if ON_GPU:
+    import torch  # noqa: E402
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # the identities compare float32 results
+    torch.backends.cudnn.allow_tf32 = False
 
 import comfy.model_management  # noqa: E402,F401  (reads args.cpu at import)
 
@@ -60,7 +67,7 @@ def comfy_version() -> str:
 
 
 def pytest_report_header(config):
-    return f"ComfyUI host: {comfy_version()} at {COMFY_DIR}"
+    return f"ComfyUI host: {comfy_version()} at {COMFY_DIR}, device {'cuda' if ON_GPU else 'cpu'}"
 
 
 def pytest_terminal_summary(terminalreporter):
