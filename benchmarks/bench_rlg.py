@@ -97,7 +97,8 @@ def sd35m_state_dict() -> dict:
     with torch.device("meta"):
         net = OpenAISignatureMMDITWrapper(
             input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=24, adm_in_channels=2048,
-            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 1536}},
+            context_embedder_config={"target": "torch.nn.Linear",
+                                     "params": {"in_features": 4096, "out_features": 1536}},
             pos_embed_max_size=384, num_patches=384 * 384, qk_norm="rms", x_block_self_attn=False,
             x_block_self_attn_layers=list(range(13)), device="meta", dtype=torch.float16,
             operations=comfy.ops.disable_weight_init)

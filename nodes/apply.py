@@ -16,7 +16,10 @@ log = logging.getLogger("ComfyUI-RLG")
 def check_term(spec: TermSpec, name: str = "") -> TermSpec:
     """The term with its inputs checked; `name` prefixes input names in messages (several RL models)."""
     scale = spec.scale if not isinstance(spec.scale, float | int) else check_scale(spec.scale, f"{name}rlg_scale")
-    start, end = check_window(spec.start_percent, spec.end_percent)
+    try:
+        start, end = check_window(spec.start_percent, spec.end_percent)
+    except RLGInputError as err:
+        raise RLGInputError(f"{name}{err}") from None
     end_scale = None if spec.end_scale is None else check_scale(spec.end_scale, f"{name}end_scale")
     rl_cfg = spec.rl_cfg
     if rl_cfg is not None:
@@ -42,7 +45,13 @@ def apply_rlg(model: Any, rl_model: Any, rlg_scale: float, start_percent: float,
     run the LoRA exactly, batched=False in two forwards; None batches where that pays, off the CPU
     (ComfyUI's own batch splitting keeps the doubled batch within free VRAM).
     """
-    spec = check_term(TermSpec(rlg_scale, start_percent, end_percent, schedule, end_scale, rl_cfg))
+    return apply_rlg_spec(model, rl_model, TermSpec(rlg_scale, start_percent, end_percent, schedule, end_scale, rl_cfg),
+                          batched)
+
+
+def apply_rlg_spec(model: Any, rl_model: Any, spec: TermSpec, batched: bool | None = None) -> Any:
+    """apply_rlg with the settings as one TermSpec (what the nodes build from their inputs)."""
+    spec = check_term(spec)
     pair = build_pair(model, rl_model)
     if pair.mode == "identical":
         log.warning(

@@ -272,18 +272,21 @@ def combine(base: torch.Tensor | None, rls: Sequence[torch.Tensor], weights: Seq
 
 def branch_cfg_cond(base_uncond: torch.Tensor, rl_cond: torch.Tensor, rl_uncond: torch.Tensor | None,
                     cfg: float, rl_cfg: float) -> torch.Tensor:
-    """The cond C' for which CFG(C', base_uncond; cfg) == CFG(rl_cond, rl_uncond; rl_cfg).
+    """The cond C' for which CFG(C', U'; cfg) == CFG(rl_cond, rl_uncond; rl_cfg).
 
     CFG per branch: the RL branch runs at its own scale (rl_cfg = 1 for models trained without
     CFG) while the sampler applies one cfg to one (cond, uncond) pair. CFG is affine and the blend's
-    weights sum to one, so giving the RL branch the pair (C', base_uncond) makes the sampler's CFG
-    of the blended pair equal CFG(base; cfg) + sum_i w_i (CFG(rl_i; rl_cfg_i) - CFG(base; cfg)).
+    weights sum to one, so giving the RL branch the pair (C', U') makes the sampler's CFG of the
+    blended pair equal CFG(base; cfg) + sum_i w_i (CFG(rl_i; rl_cfg_i) - CFG(base; cfg)).
+    U' is the RL model's own uncond (so rl_cfg == cfg gives back rl_cond, the plain blend), or the
+    base's for a branch without CFG, whose uncond is never evaluated (rl_uncond None).
     """
     if cfg == 0.0:
         raise RLGRuntimeError("rl_cfg needs the sampler's cfg to be above 0 (at cfg 0 only the negative prompt "
                               "counts); raise cfg or leave rl_cfg at 0 (same as cfg).")
-    target = rl_cond if rl_cfg == 1.0 or rl_uncond is None else rl_uncond + rl_cfg * (rl_cond - rl_uncond)
-    return base_uncond + (target - base_uncond) / cfg
+    if rl_uncond is None:
+        return base_uncond + (rl_cond - base_uncond) / cfg
+    return rl_uncond + (rl_cond - rl_uncond) * (rl_cfg / cfg)
 
 
 def with_branch_cfg(cond: torch.Tensor, base_uncond: torch.Tensor, terms: Sequence[tuple], cfg: float) -> torch.Tensor:

@@ -185,7 +185,8 @@ class RLGCondBatchWrapper:
                                           plan, run_base)
         out = []
         for i in range(len(conds)):
-            pairs = [(rl_out[k][i], w) for k, w in plan.terms if not (branch and i == 1 and k in own_cfg)]
+            # A branch without CFG has no uncond of its own: it enters the uncond as the base's.
+            pairs = [(rl_out[k][i], w) for k, w in plan.terms if term_conds[k][i] is not None or conds[i] is None]
             out.append(combine(None if base_out is None else base_out[i], [p[0] for p in pairs],
                                [p[1] for p in pairs]))
         if branch:

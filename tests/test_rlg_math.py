@@ -8,13 +8,19 @@ import torch
 from comfyui_rlg.nodes.patch_diff import DivergentPatchesError, added_entries, extra_weight_patches, merge_entries
 from comfyui_rlg.nodes.rlg_math import (
     RLGInputError,
+    ScaleSchedule,
     SigmaWindow,
     TermSpec,
+    blend_many,
     blend_prediction_lists,
     blend_predictions,
+    branch_cfg_cond,
     check_scale,
     check_window,
+    combine,
     plan_step,
+    sigma_to_percent,
+    with_branch_cfg,
 )
 
 
@@ -79,10 +85,61 @@ def test_window_from_percents_maps_start_to_larger_sigma():
     assert window.sigma_start == 0.75 and window.sigma_end == 0.25
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_non_finite_scale_is_refused_by_name(bad):
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 10.5, -11, "2x", None])
+def test_bad_scale_is_refused_by_name(bad):
     with pytest.raises(RLGInputError, match="rlg_scale"):
         check_scale(bad)
+
+
+def test_several_models_blend_as_the_sum_of_weighted_differences():
+    base, r1, r2 = (torch.randn(2, 3, 4) for _ in range(3))
+    out = blend_many(base, [r1, r2], [0.5, 2.0])
+    assert torch.allclose(out, base + 0.5 * (r1 - base) + 2.0 * (r2 - base), atol=1e-6)
+    assert torch.equal(blend_many(base, [r1], [1.7]), blend_predictions(base, r1, 1.7))  # one term: the same op
+    # weights summing to one need no base; a single weight of one is that model, bit for bit
+    assert torch.allclose(combine(None, [r1, r2], [0.25, 0.75]), 0.25 * r1 + 0.75 * r2)
+    assert combine(None, [r1], [1.0]) is r1
+    rows = torch.tensor([0.0, 2.0])  # a scale per batch row
+    out = blend_predictions(base, r1, rows)
+    assert torch.equal(out[0], base[0]) and torch.allclose(out[1], base[1] + 2 * (r1[1] - base[1]))
+
+
+def test_sigma_to_percent_inverts_percent_to_sigma():
+    shift = 3.0
+    to_sigma = lambda p: shift * (1 - p) / (1 + (shift - 1) * (1 - p))  # noqa: E731  (SD3's flow)
+    for p in (0.0, 0.1, 0.37, 0.5, 0.99, 1.0):
+        assert sigma_to_percent(to_sigma(p), to_sigma) == pytest.approx(p, abs=1e-6)
+    assert sigma_to_percent(5.0, to_sigma) == 0.0 and sigma_to_percent(-1.0, to_sigma) == 1.0
+
+
+def test_schedules_go_from_the_scale_to_the_end_scale():
+    for shape in ("linear", "cosine"):
+        ramp = ScaleSchedule(shape, 2.0, 0.5)
+        assert ramp.at(0.0) == pytest.approx(2.0) and ramp.at(1.0) == pytest.approx(0.5)
+        assert ramp.at(-1.0) == pytest.approx(2.0) and ramp.at(2.0) == pytest.approx(0.5)
+        assert ramp.at(0.5) == pytest.approx(1.25)
+    assert ScaleSchedule("linear", 2.0, 0.5).at(0.25) == pytest.approx(1.625)
+    assert ScaleSchedule("cosine", 2.0, 0.5).at(0.25) == pytest.approx(0.5 + 1.5 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert ScaleSchedule("constant", 2.0, 0.5).at(0.7) == 2.0
+    with pytest.raises(RLGInputError, match="schedule"):
+        ScaleSchedule("exp", 1.0, 2.0)
+    spec = TermSpec(3.0, 0.2, 0.6, "linear", 1.0)
+    window = SigmaWindow(0.8, 0.4)
+    assert spec.weight_at(0.6, window, lambda s: 1 - s) == pytest.approx(2.0)  # percent 0.4, half way
+
+
+def test_cfg_per_branch_is_cfg_of_each_branch_blended():
+    bc, bu, rc, ru = (torch.randn(3, 3) for _ in range(4))
+    cfg_fn = lambda c, u, scale: u + scale * (c - u)  # noqa: E731
+    w, cfg = 1.6, 4.5
+    for rl_cfg, rl_uncond in ((1.0, None), (2.5, ru), (4.5, ru)):
+        cond = blend_predictions(bc, rc, w)
+        uncond = bu if rl_uncond is None else blend_predictions(bu, ru, w)
+        cond = with_branch_cfg(cond, bu, [(w, rc, rl_uncond, rl_cfg)], cfg)
+        target_rl = rc if rl_uncond is None else cfg_fn(rc, ru, rl_cfg)
+        expected = cfg_fn(bc, bu, cfg) + w * (target_rl - cfg_fn(bc, bu, cfg))
+        assert torch.allclose(cfg_fn(cond, uncond, cfg), expected, atol=1e-4)
+    assert torch.allclose(branch_cfg_cond(bu, rc, ru, cfg, cfg), rc, atol=1e-6)  # its own cfg = the sampler's
 
 
 def test_window_order_and_range_are_checked_by_name():
