@@ -1,32 +1,41 @@
 // ComfyUI-RLG front-end: reads the RLG dial back to the user while they edit a graph.
 //
-// RLG Apply / RLG Guider nodes show one line under their widgets saying what rlg_scale means
-// (base model, RL model, stronger alignment...) and which part of the schedule is blended. A window
-// whose start is after its end turns the node red with the reason, before anything is queued
-// (the server refuses it too, naming both inputs).
+// RLG Apply / RLG Guider / RLG RL Model nodes show one line under their widgets saying what
+// rlg_scale means (base model, RL model, stronger alignment...), its ramp if it has one, which part
+// of the schedule is blended, and the RL branch's own CFG if set. A window whose start is after its
+// end turns the node red with the reason, before anything is queued (the server refuses it too,
+// naming both inputs).
 import { app } from "../../scripts/app.js";
 
-const RLG_NODES = new Set(["RLGApply", "RLGGuider"]);
+const RLG_NODES = new Set(["RLGApply", "RLGGuider", "RLGRLModel"]);
+const DIAL_WIDGETS = ["rlg_scale", "start_percent", "end_percent", "schedule", "end_scale", "rl_cfg"];
 const WARNING_COLOR = "#a33";
 
 function widgetValue(node, name) {
   const widget = (node.widgets || []).find((w) => w.name === name);
-  return widget ? Number(widget.value) : undefined;
+  if (!widget) return undefined;
+  return typeof widget.value === "string" ? widget.value : Number(widget.value);
+}
+
+function meaningOf(scale) {
+  if (scale === 0) return "base model";
+  if (scale === 1) return "RL model";
+  if (scale > 1) return `beyond RL (KL / ${scale})`;
+  if (scale > 0) return "between base and RL";
+  return "away from the reward";
 }
 
 // Pure: the short summary shown for one setting. Exported on window for tests.
-export function describeDial(scale, start, end) {
+// schedule, endScale and rlCfg are optional (older nodes and workflows have none).
+export function describeDial(scale, start, end, schedule = "constant", endScale = scale, rlCfg = 0) {
   if (start > end) {
     return { text: `start_percent after end_percent: nothing to blend`, warning: true };
   }
-  let meaning;
-  if (scale === 0) meaning = "base model";
-  else if (scale === 1) meaning = "RL model";
-  else if (scale > 1) meaning = `beyond RL (KL / ${scale})`;
-  else if (scale > 0) meaning = "between base and RL";
-  else meaning = "away from the reward";
+  const ramp = schedule && schedule !== "constant" && endScale !== scale;
+  const dial = ramp ? `w ${scale} → ${endScale} (${schedule})` : `w ${scale}: ${meaningOf(scale)}`;
   const span = start === 0 && end === 1 ? "all steps" : `blend ${Math.round(start * 100)}-${Math.round(end * 100)}%`;
-  return { text: `w ${scale}: ${meaning} · ${span}`, warning: false };
+  const cfg = !rlCfg ? "" : rlCfg === 1 ? " · RL branch without CFG" : ` · RL branch cfg ${rlCfg}`;
+  return { text: `${dial} · ${span}${cfg}`, warning: false };
 }
 
 const LINE_HEIGHT = 16;
@@ -38,8 +47,7 @@ function ensureRoom(node) {
 }
 
 function refresh(node) {
-  const summary = describeDial(widgetValue(node, "rlg_scale"), widgetValue(node, "start_percent"),
-                               widgetValue(node, "end_percent"));
+  const summary = describeDial(...DIAL_WIDGETS.map((name) => widgetValue(node, name)));
   node.rlgSummary = summary;
   if (summary.warning) {
     if (node.rlgSavedColor === undefined) node.rlgSavedColor = node.bgcolor ?? null;
@@ -56,7 +64,7 @@ app.registerExtension({
   nodeCreated(node) {
     if (!RLG_NODES.has(node.comfyClass)) return;
     for (const widget of node.widgets || []) {
-      if (!["rlg_scale", "start_percent", "end_percent"].includes(widget.name)) continue;
+      if (!DIAL_WIDGETS.includes(widget.name)) continue;
       const previous = widget.callback;
       widget.callback = function (...args) {
         const result = previous?.apply(this, args);

@@ -163,6 +163,44 @@ def workflows() -> dict[str, tuple[dict, list]]:
     links += [("image", 0, "encode", "pixels"), ("ckpt", 2, "encode", "vae"), ("encode", 0, "mask", "samples"),
               ("image", 1, "mask", "mask"), ("mask", 0, "sampler", "latent_image")]
     out["rlg_sd35_inpaint"] = (nodes, links)
+    # Two Flow-GRPO LoRAs at once: each reward dialled on its own.
+    nodes, links = sd35_text2img(
+        PICKSCORE, 'a cozy bookshop window at dusk with a hand-painted sign that says "READ MORE", photo',
+        "blurry, misspelled text",
+        "RLG with two RL models: SD3.5-Medium + the Flow-GRPO PickScore LoRA (image preference) and the Flow-GRPO "
+        "Text LoRA (text rendering), each with its own scale and window.\n\nModels: " + FILES_SD35 +
+        f"; loras/{PICKSCORE} and loras/{TEXT_LORA}, each with its adapter_config.json beside it "
+        "(jieliu/SD3.5M-FlowGRPO-PickScore, jieliu/SD3.5M-FlowGRPO-Text).\n\nEach step is base + w1 (pickscore - "
+        "base) + w2 (text - base): it targets the base tilted by both rewards. Chain more RLG RL Model nodes for "
+        "more RL models; a large total scale oversaturates like a high CFG.")
+    del nodes["rl"], nodes["rlg"]
+    nodes.update({
+        "rl1": {"type": "RLGLoraLoaderModelOnly", "widgets": {"lora_name": PICKSCORE, "strength_model": 1.0},
+                "pos": [480, -160]},
+        "rl2": {"type": "RLGLoraLoaderModelOnly", "widgets": {"lora_name": TEXT_LORA, "strength_model": 1.0},
+                "pos": [480, 40]},
+        "term1": {"type": "RLGRLModel", "widgets": {"rlg_scale": 1.2, "start_percent": 0.0, "end_percent": 1.0},
+                  "pos": [900, -240]},
+        "term2": {"type": "RLGRLModel", "widgets": {"rlg_scale": 1.0, "start_percent": 0.0, "end_percent": 0.8},
+                  "pos": [900, -20]},
+        "rlg": {"type": "RLGApplyMulti", "widgets": {}, "pos": [900, 200]},
+    })
+    links = [link for link in links if "rl" not in (link[0], link[2]) and "rlg" not in (link[0], link[2])]
+    links += [("ckpt", 0, "rl1", "model"), ("ckpt", 0, "rl2", "model"), ("rl1", 0, "term1", "rl_model"),
+              ("rl2", 0, "term2", "rl_model"), ("term1", 0, "term2", "rl_models"), ("ckpt", 0, "rlg", "model"),
+              ("term2", 0, "rlg", "rl_models"), ("rlg", 0, "sampler", "model")]
+    out["rlg_sd35_flowgrpo_two_loras"] = (nodes, links)
+    # A scale that eases from strong alignment early to the RL model at the end.
+    nodes, links = sd35_text2img(
+        PICKSCORE, "a portrait of an old fisherman, dramatic light, highly detailed",
+        "blurry, low quality",
+        "RLG with a schedule: SD3.5-Medium + Flow-GRPO PickScore LoRA, rlg_scale 2.5 at the start easing (cosine) "
+        "to 1.0 at the end, measured in schedule percent so every sampler sees the same scale at the same noise "
+        "level.\n\nModels: " + FILES_SD35 + f"; loras/{PICKSCORE} with its adapter_config.json beside it "
+        "(jieliu/SD3.5M-FlowGRPO-PickScore).\n\nschedule constant = one scale throughout; rl_cfg 1 = an RL model "
+        "trained without CFG.")
+    nodes["rlg"]["widgets"].update({"rlg_scale": 2.5, "schedule": "cosine", "end_scale": 1.0})
+    out["rlg_sd35_flowgrpo_schedule"] = (nodes, links)
     # The demo pair (make demo), with the demo-only prompt and decode nodes.
     out["rlg_demo"] = (
         {

@@ -21,6 +21,13 @@ READ = """() => {
   }
   set('start_percent', 0); set('end_percent', 1);
   out.push([node.rlgSummary.text, node.rlgSummary.warning, node.bgcolor ?? null]);
+  set('schedule', 'cosine'); set('end_scale', 0.5);
+  out.push([node.rlgSummary.text, node.rlgSummary.warning, null]);
+  set('schedule', 'constant'); set('rl_cfg', 1);
+  out.push([node.rlgSummary.text, node.rlgSummary.warning, null]);
+  const term = LiteGraph.createNode('RLGRLModel');
+  app.graph.add(term);
+  out.push([term.rlgSummary.text, term.rlgSummary.warning, null]);
   return out;
 }"""
 
@@ -46,6 +53,9 @@ def test_rlg_nodes_read_the_dial_back(workflow_server):
     assert "away from the reward" in texts[4]
     assert rows[5][1] is True and "start_percent after end_percent" in texts[5] and rows[5][2] == "#a33"
     assert rows[6][1] is False and rows[6][2] in (None, "")  # the warning colour goes away again
+    assert texts[7] == "w 1.5 → 0.5 (cosine) · all steps"
+    assert texts[8] == "w 1.5: beyond RL (KL / 1.5) · all steps · RL branch without CFG"
+    assert texts[9] == "w 1.5: beyond RL (KL / 1.5) · all steps"  # RLG RL Model reads its dial too
 
 
 def test_front_end_version_is_the_one_under_test(workflow_server):

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.server
 BASE_FILE = "rlg_tiny_sd3_base.safetensors"
 RL_FILE = "rlg_tiny_sd3_rl.safetensors"
 LORA_FILE = "rlg_tiny_sd3_rl_lora.safetensors"
+LORA2_FILE = "rlg_tiny_sd3_rl2_lora.safetensors"
 TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes"
 
 
@@ -35,6 +36,7 @@ def server(tmp_path_factory):
     safetensors.torch.save_file(base_sd, models / "diffusion_models" / BASE_FILE)
     safetensors.torch.save_file(tm.perturbed(base_sd, 1), models / "diffusion_models" / RL_FILE)
     safetensors.torch.save_file(tm.lora_for(base_sd, 7), models / "loras" / LORA_FILE)
+    safetensors.torch.save_file(tm.lora_for(base_sd, 8, match="mlp"), models / "loras" / LORA2_FILE)
     config = work / "extra_model_paths.yaml"
     config.write_text(
         "rlg_tests:\n"
@@ -82,16 +84,23 @@ def saved_latent(srv: ComfyServer, entry: dict) -> torch.Tensor:
     return safetensors.torch.load_file(path)["latent_tensor"]
 
 
-def test_object_info_lists_both_nodes_with_tooltips(server):
+def test_object_info_lists_the_nodes_with_tooltips(server):
     info = server.get("/object_info")
-    for node, display in (("RLGApply", "RLG Apply"), ("RLGGuider", "RLG Guider")):
+    nodes = (("RLGApply", "RLG Apply"), ("RLGGuider", "RLG Guider"), ("RLGRLModel", "RLG RL Model"),
+             ("RLGApplyMulti", "RLG Apply (several RL models)"), ("RLGGuiderMulti", "RLG Guider (several RL models)"),
+             ("RLGLoraLoaderModelOnly", "Load LoRA (PEFT aware)"))
+    for node, display in nodes:
         assert node in info, f"{node} missing from /object_info; server log:\n{server.log()}"
         assert info[node]["display_name"] == display
-        inputs = info[node]["input"]["required"]
-        for name, spec in inputs.items():
-            assert spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
+        for section in ("required", "optional"):
+            for name, spec in info[node]["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
     apply_inputs = info["RLGApply"]["input"]["required"]
     assert list(apply_inputs) == ["model", "rl_model", "rlg_scale", "start_percent", "end_percent"]
+    for node in ("RLGApply", "RLGGuider", "RLGRLModel"):  # new widgets are optional and come last
+        assert list(info[node]["input"]["optional"])[:3] == ["schedule", "end_scale", "rl_cfg"], node
+    assert info["RLGRLModel"]["output"] == ["RLG_RL_MODELS"]
+    assert info["RLGApplyMulti"]["input"]["required"]["rl_models"][0] == "RLG_RL_MODELS"
     scale = apply_inputs["rlg_scale"][1]
     assert scale["default"] == 1.5 and scale["min"] <= -10 and scale["max"] >= 10
     assert "0 = base model" in scale["tooltip"] and "1 = RL model" in scale["tooltip"]
@@ -152,3 +161,33 @@ def test_rlg_guider_through_sampler_custom_advanced(server):
     via_guider = saved_latent(server, entry)
     via_ksampler = saved_latent(server, server.run_prompt(rlg_graph(LORA_RL, rlg_scale=1.5, prefix="latents/ks")))
     assert h.max_diff(via_guider, via_ksampler) <= 1e-5
+
+
+def test_two_rl_loras_over_http(server):
+    graph = rlg_graph(LORA_RL, prefix="latents/unused")
+    del graph["3"]
+    graph.update({
+        "20": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": LORA2_FILE,
+                                                               "strength_model": 1.0}},
+        "21": {"class_type": "RLGRLModel", "inputs": {"rl_model": ["2", 0], "rlg_scale": 1.2, "start_percent": 0.0,
+                                                      "end_percent": 1.0}},
+        "22": {"class_type": "RLGRLModel", "inputs": {"rl_model": ["20", 0], "rlg_scale": 0.7, "start_percent": 0.0,
+                                                      "end_percent": 0.6, "schedule": "linear", "end_scale": 0.2,
+                                                      "rl_models": ["21", 0]}},
+        "23": {"class_type": "RLGApplyMulti", "inputs": {"model": ["1", 0], "rl_models": ["22", 0]}},
+    })
+    graph["6"]["inputs"]["model"] = ["23", 0]
+    graph["7"]["inputs"]["filename_prefix"] = "latents/two_loras"
+    entry = server.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    out = saved_latent(server, entry)
+
+    from comfyui_rlg.nodes.apply import apply_rlg_terms
+    from comfyui_rlg.nodes.rlg_math import TermSpec
+
+    base = h.load_model("sd3")
+    rl1, rl2 = h.with_lora(base, lora_seed=7), h.with_lora(base, lora_seed=8, match="mlp")
+    terms = [(rl1, TermSpec(1.2)), (rl2, TermSpec(0.7, 0.0, 0.6, "linear", 0.2))]
+    expected = h.ksample(apply_rlg_terms(base, terms), cfg=3.0, steps=4, seed=42)
+    assert h.max_diff(out, expected) <= 1e-4
+    assert h.max_diff(out, h.ksample(rl1, cfg=3.0, steps=4, seed=42)) > 1e-3

@@ -18,10 +18,15 @@ from conftest import ROOT
 
 UI_DIR = ROOT / "example_workflows"
 API_DIR = Path(__file__).resolve().parent / "workflows_api"
+# The example workflows as committed before the optional widgets (schedule, end_scale, rl_cfg) existed.
+LEGACY_DIR = Path(__file__).resolve().parent / "legacy_workflows"
+LEGACY = sorted(p.name.removesuffix(".ui.json") for p in LEGACY_DIR.glob("*.ui.json"))
 WORKFLOWS = sorted(p.stem for p in UI_DIR.glob("*.json"))
 # Workflows whose model families can be made tiny, with the family the stand-ins have.
 RUNNABLE = {"rlg_sd35_flowgrpo_pickscore": "sd3", "rlg_sd35_flowgrpo_text": "sd3",
-            "rlg_guider_sampler_custom_advanced": "sd3", "rlg_sd35_inpaint": "sd3", "rlg_sd15_diffusion_dpo": "sd15"}
+            "rlg_guider_sampler_custom_advanced": "sd3", "rlg_sd35_inpaint": "sd3", "rlg_sd15_diffusion_dpo": "sd15",
+            "rlg_sd35_flowgrpo_two_loras": "sd3", "rlg_sd35_flowgrpo_schedule": "sd3"}
+RLG_NODES = {"RLGApply", "RLGGuider", "RLGApplyMulti", "RLGGuiderMulti"}
 
 
 def api(name: str) -> dict:
@@ -36,7 +41,7 @@ def test_every_workflow_parses_and_has_an_api_twin():
         assert (API_DIR / f"{name}.json").exists(), f"{name} has no API twin in {API_DIR}"
         types = {n["type"] for n in ui["nodes"]}
         assert "Note" in types or name == "rlg_demo", f"{name} names no model files in a Note"
-        assert types & {"RLGApply", "RLGGuider"}, name
+        assert types & RLG_NODES, name
     assert (UI_DIR / "rlg_demo.jpg").exists()
 
 
@@ -46,7 +51,7 @@ def test_rlg_is_last_before_the_sampler():
         for node in graph.values():
             if node["class_type"] in ("KSampler", "BasicScheduler"):
                 source = graph[node["inputs"]["model"][0]]["class_type"]
-                assert source in ("RLGApply", "CheckpointLoaderSimple"), (name, source)
+                assert source in RLG_NODES | {"CheckpointLoaderSimple"}, (name, source)
 
 
 @pytest.mark.server
@@ -62,8 +67,45 @@ def test_ui_workflows_convert_to_their_api_twins_in_the_front_end(workflow_serve
             # The front-end validates a loaded workflow against its schema and alerts on a mismatch.
             page.wait_for_timeout(300)
             assert page.get_by_text("Invalid workflow").count() == 0, f"{name}: the front-end rejects the file"
-            strip = lambda g: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in g.items()}  # noqa: E731
-            assert strip(output) == strip(api(name)), f"{name}: UI workflow and API twin disagree"
+            assert _strip(output) == _strip(api(name)), f"{name}: UI workflow and API twin disagree"
+
+
+def _strip(graph: dict) -> dict:
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in graph.items()}
+
+
+@pytest.mark.server
+@pytest.mark.frontend
+def test_workflows_saved_before_the_new_widgets_load_with_their_values(workflow_server):
+    from frontend import browser_page
+
+    assert LEGACY
+    info = workflow_server.get("/object_info")
+    with browser_page(workflow_server.url) as page:
+        for name in LEGACY:
+            ui = json.loads((LEGACY_DIR / f"{name}.ui.json").read_text())
+            old = json.loads((LEGACY_DIR / f"{name}.api.json").read_text())
+            output = page.evaluate("async (wf) => { await app.loadGraphData(wf); return (await app.graphToPrompt())"
+                                   ".output; }", ui)
+            page.wait_for_timeout(300)
+            assert page.get_by_text("Invalid workflow").count() == 0, f"{name}: the front-end rejects the file"
+            assert set(output) == set(old), name
+            for node_id, node in old.items():
+                got = output[node_id]["inputs"]
+                for key, value in node["inputs"].items():  # every old value where it was, none shifted
+                    assert got[key] == value, (name, node["class_type"], key)
+                for key in set(got) - set(node["inputs"]):  # the new widgets at their defaults
+                    assert got[key] == _input_spec(info, node["class_type"], key)[1]["default"], (name, key)
+            assert _strip(output) == _strip(api(name)), f"{name}: loads as today's workflow"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", sorted(set(RUNNABLE) & set(LEGACY)))
+def test_workflows_saved_before_the_new_widgets_give_the_same_result(workflow_server, name):
+    old = json.loads((LEGACY_DIR / f"{name}.api.json").read_text())  # an API graph from before: no new inputs
+    latents = [_run_stand_in(workflow_server, graph, name, f"legacy/{tag}") for tag, graph in
+               (("old", old), ("new", api(name)))]
+    assert torch.equal(*latents)
 
 
 def _input_spec(info: dict, node_type: str, name: str):
@@ -131,11 +173,14 @@ def stand_in_graph(graph: dict, family: str, prefix: str) -> dict:
 @pytest.mark.server
 @pytest.mark.parametrize("name", sorted(RUNNABLE))
 def test_workflow_runs_end_to_end_with_stand_in_models(workflow_server, name):
-    graph = stand_in_graph(api(name), RUNNABLE[name], f"standin/{name}")
-    entry = workflow_server.run_prompt(graph)
-    assert entry["status"]["status_str"] == "success", (entry["status"], workflow_server.log())
+    latent = _run_stand_in(workflow_server, api(name), name, f"standin/{name}")
+    assert torch.isfinite(latent).all() and latent.abs().max() > 0
+
+
+def _run_stand_in(server, api_graph: dict, name: str, prefix: str) -> torch.Tensor:
+    graph = stand_in_graph(api_graph, RUNNABLE[name], prefix)
+    entry = server.run_prompt(graph)
+    assert entry["status"]["status_str"] == "success", (entry["status"], server.log())
     (save_id,) = [k for k, v in graph.items() if v["class_type"] == "SaveLatent"]
     (info,) = entry["outputs"][save_id]["latents"]
-    path = workflow_server.output_dir / info["subfolder"] / info["filename"]
-    latent = safetensors.torch.load_file(path)["latent_tensor"]
-    assert torch.isfinite(latent).all() and latent.abs().max() > 0
+    return safetensors.torch.load_file(server.output_dir / info["subfolder"] / info["filename"])["latent_tensor"]
