@@ -8,6 +8,7 @@ two sizes (random weights, real ComfyUI sampling on this machine's device):
 
   time    t_base, t_rl, t_rlg                       -> t_rlg / (t_base + t_rl)     (target <= 1.05)
           t_base, t_lora, t_rlg(LoRA on shared base) -> t_rlg / (t_base + t_lora) (target <= 1.10)
+          two and three LoRA RL models at once       -> t / (t_base + sum_i t_lora_i) (target <= 1.10)
           t_rlg with the batched LoRA path            -> same ratio, "well under 1" where batching pays
           50% window                                   -> against 0.5 * full + 0.5 * RL alone (within 5%)
   memory  peak resident memory of each case in a fresh process (GPU: peak allocated device memory);
@@ -47,7 +48,8 @@ SIZES = {
 }
 DEFAULT_SIZES = ("tiny", "small")
 QUICK_SIZES = {"tiny": (2, 8, 4, 2), "small": (4, 16, 4, 1)}
-CASES = ("base", "rl", "rlg", "lora", "rlg_lora", "rlg_lora_batched", "rlg_lora_wrappers", "rlg_window50")
+CASES = ("base", "rl", "rlg", "lora", "rlg_lora", "rlg_lora_batched", "rlg_lora_wrappers", "rlg_window50",
+         "lora2", "lora3", "rlg_2loras", "rlg_3loras")
 
 
 def _setup_comfy():
@@ -113,10 +115,20 @@ def sd35m_state_dict() -> dict:
     return out
 
 
+def _several(base, loras):
+    """RLG Apply (several RL models) over LoRA RL models, each at its own scale."""
+    _load_pack()
+    from comfyui_rlg.nodes.apply import apply_rlg_terms
+    from comfyui_rlg.nodes.rlg_math import TermSpec
+
+    scales = (1.2, 0.8, 0.5)[:len(loras)]
+    return apply_rlg_terms(base, [(lora, TermSpec(scale)) for lora, scale in zip(loras, scales, strict=True)])
+
+
 class Bench:
     """Models and inputs of one size, and a runner per case."""
 
-    def __init__(self, size: str, sizes: dict, need: tuple[str, ...] = ("rl", "lora")):
+    def __init__(self, size: str, sizes: dict, need: tuple[str, ...] = ("rl", "lora", "lora", "lora")):
         import comfy.lora
         import comfy.sd
         import tiny_sd3
@@ -138,17 +150,22 @@ class Bench:
         self.lora_bytes = 0
         self.base = comfy.sd.load_diffusion_model_state_dict(dict(base_sd))
         self.rl = self.lora = None
+        self.loras = []
         # Build only what is asked for: memory children must not hold (or have held) the others.
         if "rl" in need:
             self.rl = comfy.sd.load_diffusion_model_state_dict(tiny_models.perturbed(base_sd, 1, rel=0.1))
         if "lora" in need:
-            # rank 64 on every linear layer: big enough that its size stands above RSS noise
-            lora_sd = tiny_models.lora_for(base_sd, 7, rank=64, match="")
-            self.lora_bytes = sum(v.numel() * v.element_size() for v in lora_sd.values())
-            self.lora = self.base.clone()
+            # rank 64 on every linear layer: big enough that its size stands above RSS noise. Several RL
+            # LoRAs (two or three RL models at once) differ by their seed.
             key_map = comfy.lora.model_lora_keys_unet(self.base.model, {})
-            self.lora.add_patches(comfy.lora.load_lora(lora_sd, key_map))
-            del lora_sd
+            for seed in (7, 8, 9)[:need.count("lora") if need.count("lora") > 1 else 1]:
+                lora_sd = tiny_models.lora_for(base_sd, seed, rank=64, match="")
+                self.lora_bytes = sum(v.numel() * v.element_size() for v in lora_sd.values())
+                patched = self.base.clone()
+                patched.add_patches(comfy.lora.load_lora(lora_sd, key_map))
+                self.loras.append(patched)
+                del lora_sd
+            self.lora = self.loras[0]
         del base_sd
         if size == "sd35m":  # T5 + CLIP tokens, 4096 wide; the pooled CLIP-L + CLIP-G vector, 2048 wide
             gen = torch.Generator().manual_seed(0)
@@ -170,6 +187,10 @@ class Bench:
             "rlg_lora_wrappers": lambda: _with_weight_functions(self.base, self.lora),
             "rlg_lora_batched": lambda: apply_rlg(self.base, self.lora, 1.5, 0.0, 1.0, batched=True),
             "rlg_window50": lambda: apply_rlg(self.base, self.rl, 1.5, 0.5, 1.0),
+            "lora2": lambda: self.loras[1],
+            "lora3": lambda: self.loras[2],
+            "rlg_2loras": lambda: _several(self.base, self.loras[:2]),
+            "rlg_3loras": lambda: _several(self.base, self.loras[:3]),
         }[case]()
 
     def run(self, case: str) -> float:
@@ -205,7 +226,8 @@ def memory_child(size: str, case: str, quick: bool) -> None:
     import gc
 
     _setup_comfy()
-    need = ("rl",) if case in ("rl", "rlg", "rlg_window50") else ("lora",) if "lora" in case else ()
+    loras = 3 if case in ("lora3", "rlg_3loras") else 2 if case in ("lora2", "rlg_2loras") else 1
+    need = ("rl",) if case in ("rl", "rlg", "rlg_window50") else ("lora",) * loras if "lora" in case else ()
     bench = Bench(size, QUICK_SIZES if quick else SIZES, need)
     gc.collect()
     try:  # give load-time garbage back to the OS, so what stays resident is the models themselves
@@ -295,6 +317,10 @@ def main() -> None:
                                                            1.10),
             "window 50%: t / (0.5 t_rlg + 0.5 t_rl)": (med["rlg_window50"] / (0.5 * med["rlg"] + 0.5 * med["rl"]),
                                                        1.05),
+            "2 LoRAs: t / (t_base + t_lora1 + t_lora2)": (
+                med["rlg_2loras"] / (med["base"] + med["lora"] + med["lora2"]), 1.10),
+            "3 LoRAs: t / (t_base + sum t_lora_i)": (
+                med["rlg_3loras"] / (med["base"] + med["lora"] + med["lora2"] + med["lora3"]), 1.10),
         }
         print(f"{'case':<18}{'median s':>10}{'min s':>9}{'peak mem MB':>13}")
         for case in CASES:
@@ -313,6 +339,10 @@ def main() -> None:
                   f"(target <= {2 * lora_mb:.1f}); batched {extra_batched:.1f} MB (one more batch of "
                   f"activations); weight wrappers {extra_wrappers:.1f} MB; LoRA alone (stock, in place) "
                   f"{mem['lora'] - mem['base']:.1f} MB")
+            for n in (2, 3):
+                extra = mem[f"rlg_{n}loras"] - mem["base"]
+                print(f"  extra memory, {n} LoRA RL models: {extra:7.1f} MB  vs their LoRAs {n * lora_mb:.1f} MB "
+                      f"(target <= {2 * n * lora_mb:.1f}: no copy of the base)")
         for case in CASES:
             rows.append({"size": size, "case": case, "median_s": f"{med[case]:.4f}", "min_s": f"{min(times[case]):.4f}",
                          "reps": args.reps, "peak_rss_mb": f"{mem.get(case, float('nan')):.1f}",
