@@ -7,8 +7,11 @@
 // naming both inputs).
 import { app } from "../../scripts/app.js";
 
-const RLG_NODES = new Set(["RLGApply", "RLGGuider", "RLGRLModel"]);
+const RLG_NODES = new Set(["RLGApply", "RLGGuider", "RLGRLModel", "RLGScaleSweep"]);
 const DIAL_WIDGETS = ["rlg_scale", "start_percent", "end_percent", "schedule", "end_scale", "rl_cfg"];
+const SWEEP_WIDGETS = ["scales", "start_percent", "end_percent"];
+const SCALE_LIMIT = 10;
+const MAX_SWEEP_SCALES = 64;
 const WARNING_COLOR = "#a33";
 
 function widgetValue(node, name) {
@@ -33,9 +36,28 @@ export function describeDial(scale, start, end, schedule = "constant", endScale 
   }
   const ramp = schedule && schedule !== "constant" && endScale !== scale;
   const dial = ramp ? `w ${scale} → ${endScale} (${schedule})` : `w ${scale}: ${meaningOf(scale)}`;
-  const span = start === 0 && end === 1 ? "all steps" : `blend ${Math.round(start * 100)}-${Math.round(end * 100)}%`;
+  const span = spanOf(start, end);
   const cfg = !rlCfg ? "" : rlCfg === 1 ? " · RL branch without CFG" : ` · RL branch cfg ${rlCfg}`;
   return { text: `${dial} · ${span}${cfg}`, warning: false };
+}
+
+function spanOf(start, end) {
+  return start === 0 && end === 1 ? "all steps" : `blend ${Math.round(start * 100)}-${Math.round(end * 100)}%`;
+}
+
+// Pure: the scales an RLG Scale Sweep will use, read as the server reads them (nodes/rlg_math.py).
+export function describeSweep(scales, start, end) {
+  if (start > end) {
+    return { text: `start_percent after end_percent: nothing to blend`, warning: true };
+  }
+  const tokens = String(scales ?? "").split(/[,; ]+/).filter((t) => t.trim() !== "");
+  if (tokens.length === 0) return { text: "scales is empty", warning: true };
+  if (tokens.length > MAX_SWEEP_SCALES) return { text: `${tokens.length} scales: at most ${MAX_SWEEP_SCALES}`, warning: true };
+  const values = tokens.map(Number);
+  const bad = tokens.find((t, i) => !Number.isFinite(values[i]) || Math.abs(values[i]) > SCALE_LIMIT);
+  if (bad !== undefined) return { text: `scales: ${bad} is not a number from -10 to 10`, warning: true };
+  const noun = values.length === 1 ? "scale" : "scales";
+  return { text: `sweeps ${values.length} ${noun}: ${values.join(", ")} · ${spanOf(start, end)}`, warning: false };
 }
 
 const LINE_HEIGHT = 16;
@@ -47,7 +69,9 @@ function ensureRoom(node) {
 }
 
 function refresh(node) {
-  const summary = describeDial(...DIAL_WIDGETS.map((name) => widgetValue(node, name)));
+  const summary = node.comfyClass === "RLGScaleSweep"
+    ? describeSweep(...SWEEP_WIDGETS.map((name) => widgetValue(node, name)))
+    : describeDial(...DIAL_WIDGETS.map((name) => widgetValue(node, name)));
   node.rlgSummary = summary;
   if (summary.warning) {
     if (node.rlgSavedColor === undefined) node.rlgSavedColor = node.bgcolor ?? null;
@@ -64,7 +88,7 @@ app.registerExtension({
   nodeCreated(node) {
     if (!RLG_NODES.has(node.comfyClass)) return;
     for (const widget of node.widgets || []) {
-      if (!DIAL_WIDGETS.includes(widget.name)) continue;
+      if (!DIAL_WIDGETS.includes(widget.name) && !SWEEP_WIDGETS.includes(widget.name)) continue;
       const previous = widget.callback;
       widget.callback = function (...args) {
         const result = previous?.apply(this, args);
@@ -97,3 +121,4 @@ app.registerExtension({
 });
 
 window.RLG_describeDial = describeDial;
+window.RLG_describeSweep = describeSweep;

@@ -265,9 +265,32 @@ def combine(base: torch.Tensor | None, rls: Sequence[torch.Tensor], weights: Seq
     """The step's prediction for one cond from what the plan evaluated."""
     if not rls:
         return base
-    if base is None:
-        return sum_weighted(rls, weights)
-    return blend_many(base, rls, weights)
+    out = sum_weighted(rls, weights) if base is None else blend_many(base, rls, weights)
+    if len(rls) == 1 and isinstance(weights[0], torch.Tensor):
+        # A scale per row (a sweep): rows at scale 1 are the RL model bit for bit, as a run at scale 1 is.
+        out = torch.where(_per_row(weights[0], out) == 1, rls[0], out)
+    return out
+
+
+MAX_SWEEP_SCALES = 64
+
+
+def parse_scales(text: str, name: str = "scales") -> list[float]:
+    """A list of RLG scales typed by the user: numbers separated by commas, semicolons or spaces."""
+    tokens = [t for t in str(text).replace(";", ",").replace(" ", ",").split(",") if t.strip()]
+    if not tokens:
+        raise RLGInputError(f"{name} is empty; give the scales to compare, for example: 0, 0.5, 1, 1.5, 2, 3")
+    if len(tokens) > MAX_SWEEP_SCALES:
+        raise RLGInputError(f"{name} has {len(tokens)} values; at most {MAX_SWEEP_SCALES} fit one sweep.")
+    values = []
+    for token in tokens:
+        try:
+            value = float(token)
+        except ValueError:
+            raise RLGInputError(f"{name}: {token.strip()!r} is not a number; write numbers separated by commas, "
+                                "for example: 0, 0.5, 1, 1.5, 2, 3") from None
+        values.append(check_scale(value, f"{name} ({token.strip()})"))
+    return values
 
 
 def branch_cfg_cond(base_uncond: torch.Tensor, rl_cond: torch.Tensor, rl_uncond: torch.Tensor | None,

@@ -159,6 +159,7 @@ class RLGCondBatchWrapper:
             return executor(model, conds, x_in, timestep, model_options)
         if self._run_options is not model_options:
             self._run_options, self._rl_options, self._percents = model_options, {}, {}
+            self._check_rows(x_in)
 
         sampling = model.model_sampling  # with the patcher's object patches (shift etc.) applied
         sigma = float(timestep.flatten()[0])
@@ -194,6 +195,14 @@ class RLGCondBatchWrapper:
                      for k, w in plan.terms if k in own_cfg]
             self.branch_cfg.leave(_Pending(model_options, out, base_out[1], terms))
         return out
+
+    def _check_rows(self, x_in: torch.Tensor) -> None:
+        for term in self.terms:
+            scale = term.spec.scale
+            if isinstance(scale, torch.Tensor) and scale.numel() != x_in.shape[0]:
+                raise RLGRuntimeError(
+                    f"RLG Scale Sweep: its MODEL samples {scale.numel()} rows (a scale per row) but the sampler got a "
+                    f"latent of {x_in.shape[0]}; connect the sweep's LATENT output to the sampler's latent_image.")
 
     def _weight(self, term: RLTerm, sigma: float, sampling: Any):
         if term.pair.mode == "identical":

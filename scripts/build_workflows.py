@@ -201,6 +201,16 @@ def workflows() -> dict[str, tuple[dict, list]]:
         "trained without CFG.")
     nodes["rlg"]["widgets"].update({"rlg_scale": 2.5, "schedule": "cosine", "end_scale": 1.0})
     out["rlg_sd35_flowgrpo_schedule"] = (nodes, links)
+    # Choose the scale by looking: one queue, one image per scale, one labelled grid.
+    nodes, links = sd35_text2img(
+        PICKSCORE, "a red fox in a snowy forest at golden hour, detailed fur", "blurry, low quality",
+        "RLG Scale Sweep: SD3.5-Medium + Flow-GRPO PickScore LoRA at several rlg_scale values in one queue. Every "
+        "image starts from the same noise as a single image with this seed, so each column is exactly what RLG Apply "
+        "gives at that scale.\n\nModels: " + FILES_SD35 + f"; loras/{PICKSCORE} with its adapter_config.json beside it "
+        "(jieliu/SD3.5M-FlowGRPO-PickScore).\n\nKeep the same scales list on RLG Sweep Grid. A batch of n images "
+        "gives n rows per scale.")
+    sweep_nodes(nodes, links, scales="0, 1, 1.6, 2.5, 3")
+    out["rlg_sd35_flowgrpo_sweep"] = (nodes, links)
     # The demo pair (make demo), with the demo-only prompt and decode nodes.
     out["rlg_demo"] = (
         {
@@ -228,7 +238,31 @@ def workflows() -> dict[str, tuple[dict, list]]:
          ("latent", 0, "sampler", "latent_image"), ("sampler", 0, "decode", "samples"),
          ("decode", 0, "preview", "images")],
     )
+    nodes, links = out["rlg_demo"]
+    nodes = {**nodes, "latent": dict(nodes["latent"], widgets={"width": 64, "height": 64, "batch_size": 1}),
+             "note": note("RLG Scale Sweep on the demo pair: one sample per rlg_scale, all from the same noise, "
+                          "laid out as one labelled grid. Run `make demo` once (it trains the pair), then `make "
+                          "demo-server`.\n\nWith a batch of n the sweep gives n rows per scale: set the latent's "
+                          "batch_size to see several samples per scale.")}
+    links = list(links)
+    sweep_nodes(nodes, links, scales="0, 0.5, 1, 1.5, 2, 3")
+    out["rlg_demo_sweep"] = (nodes, links)
     return out
+
+
+def sweep_nodes(nodes: dict, links: list, scales: str) -> None:
+    """Turn a text-to-image graph's RLG Apply into RLG Scale Sweep, and lay the decoded images out in a grid."""
+    rlg = nodes.pop("rlg")
+    nodes["rlg"] = {"type": "RLGScaleSweep", "widgets": {"scales": scales, "start_percent": 0.0, "end_percent": 1.0},
+                    "pos": rlg["pos"]}
+    decoded = next(link for link in links if link[2] in ("save", "preview"))
+    viewer = decoded[2]
+    nodes["grid"] = {"type": "RLGSweepGrid", "widgets": {"scales": scales}, "pos": [nodes[viewer]["pos"][0],
+                                                                                   nodes[viewer]["pos"][1] + 120]}
+    latent_links = [link for link in links if link[2] == "sampler" and link[3] == "latent_image"]
+    links[:] = [link for link in links if link not in latent_links and link is not decoded]
+    links += [(latent_links[0][0], 0, "rlg", "latent"), ("rlg", 1, "sampler", "latent_image"),
+              (decoded[0], 0, "grid", "images"), ("grid", 0, viewer, "images")]
 
 
 BUILD_JS = """

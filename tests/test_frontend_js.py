@@ -67,3 +67,35 @@ def test_front_end_version_is_the_one_under_test(workflow_server):
     print(f"front-end served: {served}")
     expected = os.environ.get("RLG_EXPECT_FRONTEND")
     assert served and (expected is None or served == expected), served
+
+
+SWEEP = """() => {
+  const node = LiteGraph.createNode('RLGScaleSweep');
+  app.graph.add(node);
+  const set = (name, value) => {
+    const w = node.widgets.find(w => w.name === name);
+    w.value = value;
+    w.callback?.(value);
+  };
+  const out = [[node.rlgSummary.text, node.rlgSummary.warning]];
+  for (const scales of ['0, 1, 2.5', '0; x', '']) {
+    set('scales', scales);
+    out.push([node.rlgSummary.text, node.rlgSummary.warning]);
+  }
+  set('scales', '1 2'); set('start_percent', 0.25);
+  out.push([node.rlgSummary.text, node.rlgSummary.warning]);
+  return out;
+}"""
+
+
+def test_scale_sweep_shows_the_list_it_will_sweep(workflow_server):
+    from frontend import browser_page
+
+    with browser_page(workflow_server.url) as page:
+        page.wait_for_function("window.RLG_describeSweep !== undefined", timeout=60_000)
+        rows = page.evaluate(SWEEP)
+    assert rows[0] == ["sweeps 6 scales: 0, 0.5, 1, 1.5, 2, 3 · all steps", False]
+    assert rows[1] == ["sweeps 3 scales: 0, 1, 2.5 · all steps", False]
+    assert rows[2][1] is True and "x" in rows[2][0]
+    assert rows[3] == ["scales is empty", True]
+    assert rows[4] == ["sweeps 2 scales: 1, 2 · blend 25-100%", False]

@@ -25,8 +25,8 @@ WORKFLOWS = sorted(p.stem for p in UI_DIR.glob("*.json"))
 # Workflows whose model families can be made tiny, with the family the stand-ins have.
 RUNNABLE = {"rlg_sd35_flowgrpo_pickscore": "sd3", "rlg_sd35_flowgrpo_text": "sd3",
             "rlg_guider_sampler_custom_advanced": "sd3", "rlg_sd35_inpaint": "sd3", "rlg_sd15_diffusion_dpo": "sd15",
-            "rlg_sd35_flowgrpo_two_loras": "sd3", "rlg_sd35_flowgrpo_schedule": "sd3"}
-RLG_NODES = {"RLGApply", "RLGGuider", "RLGApplyMulti", "RLGGuiderMulti"}
+            "rlg_sd35_flowgrpo_two_loras": "sd3", "rlg_sd35_flowgrpo_schedule": "sd3", "rlg_sd35_flowgrpo_sweep": "sd3"}
+RLG_NODES = {"RLGApply", "RLGGuider", "RLGApplyMulti", "RLGGuiderMulti", "RLGScaleSweep"}
 
 
 def api(name: str) -> dict:
@@ -144,13 +144,16 @@ def test_every_node_and_input_value_is_valid_for_the_host(workflow_server):
 def stand_in_graph(graph: dict, family: str, prefix: str) -> dict:
     """The workflow with text encoders and VAE swapped for test nodes (those models cannot be made tiny).
 
-    Loaders, LoRA loaders, RLG and the sampler stay as they are, with their own inputs.
+    Loaders, LoRA loaders, RLG and the sampler stay as they are, with their own inputs. The sampled latent
+    is saved (SaveLatent); SD3-family latents are also drawn by the demo's decode node, so nodes that take
+    images (RLG Sweep Grid, SaveImage) run too.
     """
     graph = json.loads(json.dumps(graph))
     negative_sources = {str(n["inputs"]["negative"][0]) for n in graph.values() if "negative" in n["inputs"]}
     for node_id, node in list(graph.items()):
         kind = node["class_type"]
-        if kind in ("TripleCLIPLoader", "CLIPLoader", "DualCLIPLoader", "SaveImage", "PreviewImage"):
+        if kind in ("TripleCLIPLoader", "CLIPLoader", "DualCLIPLoader") or (
+                kind in ("SaveImage", "PreviewImage") and family != "sd3"):
             del graph[node_id]
         elif kind == "CLIPTextEncode":
             graph[node_id] = {"class_type": "RLGTestConditioning",
@@ -160,8 +163,14 @@ def stand_in_graph(graph: dict, family: str, prefix: str) -> dict:
                     if other["inputs"].get("negative") == [node_id, 0]:
                         other["inputs"]["negative"] = [node_id, 1]
         elif kind == "VAEDecode":
-            graph[node_id] = {"class_type": "SaveLatent",
-                              "inputs": {"samples": node["inputs"]["samples"], "filename_prefix": prefix}}
+            save = {"class_type": "SaveLatent",
+                    "inputs": {"samples": node["inputs"]["samples"], "filename_prefix": prefix}}
+            if family == "sd3":
+                graph[node_id] = {"class_type": "RLGDemoDecode", "inputs": {"samples": node["inputs"]["samples"],
+                                                                            "pixels": 64}}
+                graph["stand_in_save"] = save
+            else:
+                graph[node_id] = save
         elif kind == "VAEEncode" or kind.startswith("Empty"):
             empty = "EmptySD3LatentImage" if family == "sd3" else "EmptyLatentImage"
             graph[node_id] = {"class_type": empty, "inputs": {"width": 64, "height": 64, "batch_size": 1}}
