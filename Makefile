@@ -27,6 +27,7 @@ demo-server: setup
 	cd .comfy-host/ComfyUI && ../venv/bin/python main.py --cpu --listen 127.0.0.1 --port 8188 \
 		--extra-model-paths-config $(CURDIR)/demo/extra_model_paths.yaml
 
-## bench: RLG time and memory against the models alone (prints a table, writes benchmarks/results/)
+## bench: RLG time and memory against the models alone, and a scale sweep's cost (prints tables, writes benchmarks/results/)
 bench: setup
 	$(PY) benchmarks/bench_rlg.py
+	$(PY) benchmarks/bench_sweep.py
