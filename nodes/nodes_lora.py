@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import comfy.sd
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from .peft_alpha import alpha_keys, find_adapter_config, load_config, needs_alpha
+from .model_pair import describe_model
+from .peft_alpha import AdapterConfigError, alpha_keys, find_adapter_config, load_config, needs_alpha
+from .rlg_math import RLGInputError
 
 log = logging.getLogger("ComfyUI-RLG")
 
 
-def load_peft_aware(model, lora_path: str, strength: float):
-    """ComfyUI's LoRA loading, with PEFT alphas from adapter_config.json when the file lacks them."""
-    lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
+def load_peft_aware(model, lora_path: str, strength: float, name: str | None = None):
+    """ComfyUI's LoRA loading, with PEFT alphas from adapter_config.json when the file lacks them.
+
+    Raises RLGInputError naming lora_name for a file that is not a readable LoRA, a broken adapter
+    config, or a LoRA none of whose keys fit the model.
+    """
+    label = name or Path(lora_path).name
+    try:
+        lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
+    except Exception as err:  # noqa: BLE001  (safetensors, torch and OS errors alike: the file is unusable)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RLGInputError(f"lora_name {label!r} cannot be read as a LoRA ({reason}). The file is truncated or not "
+                            "a LoRA file: download it again, or pick another file.") from None
+    if not lora:
+        raise RLGInputError(f"lora_name {label!r} holds no tensors; it is not a LoRA file.")
     if needs_alpha(lora):
         config_path = find_adapter_config(lora_path)
         if config_path is None:
@@ -25,10 +40,18 @@ def load_peft_aware(model, lora_path: str, strength: float):
                 "it, so it is applied at scale 1 (alpha = rank). Flow-GRPO LoRAs are trained at lora_alpha / r "
                 "= 2: put their adapter_config.json next to the file (or name it <file>.json).", lora_path)
         else:
-            config = load_config(config_path)
-            lora = dict(lora) | alpha_keys(lora, config)
+            try:
+                config = load_config(config_path)
+                lora = dict(lora) | alpha_keys(lora, config)
+            except (AdapterConfigError, ValueError) as err:
+                raise RLGInputError(f"lora_name {label!r}: its PEFT config {config_path.name} cannot be used: {err}. "
+                                    "Put the adapter_config.json that came with the LoRA beside it.") from None
             log.info("RLG: %s: lora_alpha %s from %s applied", lora_path, config.get("lora_alpha"), config_path.name)
     model_lora, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)
+    if not any(len(v) > len(model.patches.get(k, ())) for k, v in model_lora.patches.items()):
+        raise RLGInputError(
+            f"lora_name {label!r}: none of its {len(lora)} tensors fits {describe_model(model)}. It is a LoRA for "
+            "another model family, or not a LoRA; pick the LoRA made for this base model.")
     return model_lora
 
 
@@ -58,4 +81,4 @@ class RLGLoraLoaderModelOnly(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora_name, strength_model) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
-        return io.NodeOutput(load_peft_aware(model, path, strength_model))
+        return io.NodeOutput(load_peft_aware(model, path, strength_model, name=lora_name))

@@ -77,5 +77,31 @@ def alpha_keys(state_dict: Mapping[str, torch.Tensor], config: Mapping) -> dict[
     return out
 
 
-def load_config(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+MAX_CONFIG_BYTES = 1 << 20  # a PEFT adapter_config.json is a few hundred bytes
+
+
+class AdapterConfigError(ValueError):
+    """An adapter_config.json that cannot be used; the message names the file."""
+
+
+def load_config(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> dict:
+    """The adapter config as a dict, read with a size limit (it is user-supplied JSON, nothing else)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise AdapterConfigError(f"{path.name} is {size} bytes; a PEFT adapter_config.json is a few hundred bytes, "
+                                 f"so it is not one (limit {max_bytes} bytes)")
+    try:
+        config = json.loads(path.read_bytes()[:max_bytes])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterConfigError(f"{path.name} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise AdapterConfigError(f"{path.name} holds a {type(config).__name__}, not a PEFT config object")
+    alpha = config.get("lora_alpha")
+    numeric = isinstance(alpha, int | float) and not isinstance(alpha, bool)
+    if alpha is not None and (not numeric or not math.isfinite(alpha)):
+        raise AdapterConfigError(f"{path.name}: lora_alpha is {alpha!r}, not a number")
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict) or not all(isinstance(v, int | float) for v in patterns.values()):
+        raise AdapterConfigError(f"{path.name}: alpha_pattern must map layer names to numbers")
+    return config

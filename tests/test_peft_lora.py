@@ -11,6 +11,7 @@ import harness as h
 import tiny_models as tm
 from comfyui_rlg.nodes.nodes_lora import RLGLoraLoaderModelOnly, load_peft_aware
 from comfyui_rlg.nodes.peft_alpha import alpha_keys, find_adapter_config, needs_alpha
+from comfyui_rlg.nodes.rlg_math import RLGInputError
 
 
 @pytest.fixture
@@ -85,3 +86,53 @@ def test_rlg_with_a_peft_lora_rl_model(peft_lora):
     ref_rl = h.ksample(rl)
     assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), ref_rl) <= h.tolerance(ref_rl)
     assert RLGLoraLoaderModelOnly.define_schema().node_id == "RLGLoraLoaderModelOnly"
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "cannot be read"),
+    (b"\x00" * 64, "cannot be read"),
+    (b"PK\x03\x04 not a safetensors file", "cannot be read"),
+])
+def test_unreadable_lora_file_is_refused_by_name(tmp_path, content, reason):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(RLGInputError, match=f"lora_name 'broken.safetensors' {reason}"):
+        load_peft_aware(h.load_model("sd3"), str(path), 1.0)
+
+
+def test_truncated_lora_file_is_refused_by_name(peft_lora, tmp_path):
+    _, _, path = peft_lora
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(RLGInputError, match="truncated"):
+        load_peft_aware(h.load_model("sd3"), str(cut), 1.0)
+
+
+def test_lora_whose_keys_match_nothing_is_refused(tmp_path):
+    sd15 = h.load_model("sd15")
+    lora = tm.lora_for({k: v for k, v in sd15.model.diffusion_model.state_dict().items()}, 7)
+    path = tmp_path / "sd15_lora.safetensors"
+    safetensors.torch.save_file(lora, path)
+    with pytest.raises(RLGInputError, match="none of its .* tensors fits .*SD3"):
+        load_peft_aware(h.load_model("sd3"), str(path), 1.0)
+
+
+@pytest.mark.parametrize("config, reason", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "not a PEFT config object"),
+    ('{"r": 4}', "no lora_alpha"),
+    ('{"r": 4, "lora_alpha": "eight"}', "not a number"),
+    ('{"r": 4, "lora_alpha": 8, "alpha_pattern": {"to_q": "x"}}', "alpha_pattern"),
+])
+def test_broken_adapter_config_is_refused_naming_the_file(peft_lora, config, reason):
+    base, _, path = peft_lora
+    (path.parent / "adapter_config.json").write_text(config)
+    with pytest.raises(RLGInputError, match=f"adapter_config.json cannot be used: .*{reason}"):
+        load_peft_aware(base, str(path), 1.0)
+
+
+def test_huge_adapter_config_is_not_read(peft_lora):
+    base, _, path = peft_lora
+    (path.parent / "adapter_config.json").write_text('{"lora_alpha": 8, "pad": "' + "x" * (2 << 20) + '"}')
+    with pytest.raises(RLGInputError, match="not one \\(limit"):
+        load_peft_aware(base, str(path), 1.0)
