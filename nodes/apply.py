@@ -53,11 +53,7 @@ def apply_rlg_spec(model: Any, rl_model: Any, spec: TermSpec, batched: bool | No
     """apply_rlg with the settings as one TermSpec (what the nodes build from their inputs)."""
     spec = check_term(spec)
     pair = build_pair(model, rl_model)
-    if pair.mode == "identical":
-        log.warning(
-            "RLG: rl_model is identical to model (%s), so RLG has no effect. If rl_model comes from "
-            "a LoRA loader, check the console for LoRA keys that were not loaded.", describe_model(model)
-        )
+    _check_adds_something(model, rl_model, pair, "rl_model")
     return _attach(model, [RLTerm(spec, pair)], rl_alone_outside=True, batched=batched)
 
 
@@ -74,14 +70,31 @@ def apply_rlg_terms(model: Any, terms: Sequence[tuple[Any, TermSpec]], batched: 
         name = f"RL model {i}"
         checked = check_term(spec, f"{name}: ")
         pair = build_pair(model, rl_model, rl_input=f"rl_models ({name})")
-        if pair.mode == "identical":
-            log.warning("RLG: %s is identical to model, so it has no effect. If it comes from a LoRA loader, check "
-                        "the console for LoRA keys that were not loaded.", name)
+        _check_adds_something(model, rl_model, pair, f"rl_models ({name})")
         if id(rl_model) in seen:
             log.warning("RLG: %s is the same RL model as %s; their scales add up.", name, seen[id(rl_model)])
         seen.setdefault(id(rl_model), name)
         built.append(RLTerm(checked, pair, label=name))
     return _attach(model, built, rl_alone_outside=False, batched=batched)
+
+
+def _check_adds_something(model: Any, rl_model: Any, pair: Any, rl_input: str) -> None:
+    """An RL model that adds nothing to the base: fine when it is the base itself, an error otherwise.
+
+    The very same model (the RL LoRA loader bypassed, or at strength 0) is a deliberate comparison, and
+    RLG runs the base alone. A copy of the base with nothing added is what a LoRA loader returns when
+    none of the LoRA's keys matched the model: sampling would silently be the base.
+    """
+    if pair.mode != "identical":
+        return
+    if rl_model is model:
+        log.warning("RLG: %s is the base model itself (a bypassed RL LoRA loader?), so RLG runs the base alone.",
+                    rl_input)
+        return
+    raise RLGInputError(
+        f"{rl_input} adds nothing to model ({describe_model(model)}): if it comes from a LoRA loader, none of the "
+        "LoRA's keys matched this model (the console lists them as 'lora key not loaded'). Pick the RL LoRA made for "
+        "this base model, or load it with Load LoRA (PEFT aware), which names the problem.")
 
 
 def _attach(model: Any, terms: list[RLTerm], rl_alone_outside: bool, batched: bool | None) -> Any:
