@@ -7,6 +7,10 @@ plus a little Gaussian noise. Channels 0-2 are drawn as RGB, so samples can be l
 The reward is 1 for samples of the "red disc" mode and 0 for the others. Because it is constant on
 each mode, the reward-tilted distribution p(x) exp(r(x) / beta) / Z is the same mixture with its
 mode weights tilted, and its share of red discs has a closed form (predicted_share).
+
+A second reward, 1 for the "blue cross" mode, is the target of the demo's second RL model. Tilting by
+both, p(x) exp(w_1 r_1(x) / beta_1 + w_2 r_2(x) / beta_2) / Z, is again the mixture with its mode
+weights tilted (predicted_shares): what RLG with two RL models at scales w_1, w_2 aims for.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ MODE_NAMES = ("red disc", "green square", "blue cross", "yellow stripes")
 MODE_WEIGHTS = (0.15, 0.35, 0.25, 0.25)  # the base distribution's mode shares
 REWARDS = (1.0, 0.0, 0.0, 0.0)  # reward per mode: the red disc is what "RL" is trained towards
 REWARDED_MODE = 0
+REWARDED_MODE_2 = 2  # the second reward: the blue cross
+REWARDS_2 = tuple(float(k == REWARDED_MODE_2) for k in range(len(MODE_NAMES)))
 DATA_NOISE = 0.1  # per-element std of the Gaussian around each pattern
 _COLORS = ((1.0, -0.6, -0.6), (-0.6, 1.0, -0.6), (-0.6, -0.6, 1.0), (1.0, 1.0, -0.6))
 
@@ -58,8 +64,15 @@ def classify(x: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x.flatten(1).float(), centres).argmin(dim=1)
 
 
-def reward(x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(REWARDS)[classify(x)]
+def reward(x: torch.Tensor, rewards=REWARDS) -> torch.Tensor:
+    """The reward of each sample: rewards[k] for a sample of pattern k (reward 1 unless told)."""
+    return torch.tensor(rewards)[classify(x)]
+
+
+def mode_shares(x: torch.Tensor) -> list[float]:
+    """The share of each pattern among the samples, in MODE_NAMES order."""
+    counts = torch.bincount(classify(x), minlength=len(MODE_NAMES))
+    return (counts.double() / max(x.shape[0], 1)).tolist()
 
 
 def predicted_share(base_share: float, scale: float, beta: float) -> float:
@@ -69,6 +82,28 @@ def predicted_share(base_share: float, scale: float, beta: float) -> float:
     """
     tilted = base_share * math.exp(scale * REWARDS[REWARDED_MODE] / beta)
     return tilted / (tilted + (1.0 - base_share))
+
+
+def predicted_shares(base_shares, scales, betas, rewards=(REWARDS, REWARDS_2)) -> list[float]:
+    """Share of each pattern under p_base * exp(sum_i scales[i] * r_i / betas[i]), the sum tilt.
+
+    base_shares: the base's share of each pattern; rewards[i][k]: reward i on pattern k. This is what
+    RL with reward sum_i (w_i / beta_i) r_i and KL coefficient 1 would give: each reward i with its own
+    KL coefficient beta_i / w_i. RLG with several RL models, base + sum_i w_i (rl_i - base), aims for it.
+    """
+    if not len(scales) == len(betas) == len(rewards):
+        raise ValueError(f"one scale and one beta per reward: {len(scales)} scales, {len(betas)} betas, "
+                         f"{len(rewards)} rewards")
+    base = torch.tensor(base_shares, dtype=torch.float64)
+    exponent = torch.zeros_like(base)
+    for w, beta, r in zip(scales, betas, rewards, strict=True):
+        exponent += w * torch.tensor(r, dtype=torch.float64) / beta
+    # Shift by the largest exponent (over patterns the base has) so large scales do not overflow.
+    present = base > 0
+    if present.any():
+        exponent -= exponent[present].max()
+    tilted = base * torch.exp(exponent)
+    return (tilted / tilted.sum()).tolist()
 
 
 def to_rgb(x: torch.Tensor, pixels: int = 64) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import comfy.lora
@@ -45,6 +46,29 @@ def test_predicted_share_is_the_beta_over_w_tilt():
     assert all(a < b for a, b in zip(shares, shares[1:], strict=False))
     # Scale w with beta is the same as scale 1 with beta / w.
     assert synthetic.predicted_share(base, 2.0, beta) == pytest.approx(synthetic.predicted_share(base, 1.0, beta / 2))
+
+
+def test_predicted_shares_are_the_sum_tilt():
+    base, betas = (0.15, 0.35, 0.25, 0.25), (2 / 3, 0.5)
+    assert synthetic.predicted_shares(base, (0.0, 0.0), betas) == pytest.approx(base)
+    # The closed form: p_k proportional to base_k exp(w_1 r_1(k) / beta_1 + w_2 r_2(k) / beta_2).
+    w1, w2 = 1.5, 0.8
+    tilted = [b * math.exp(w1 * r1 / betas[0] + w2 * r2 / betas[1])
+              for b, r1, r2 in zip(base, synthetic.REWARDS, synthetic.REWARDS_2, strict=True)]
+    expected = [t / sum(tilted) for t in tilted]
+    shares = synthetic.predicted_shares(base, (w1, w2), betas)
+    assert shares == pytest.approx(expected) and sum(shares) == pytest.approx(1.0)
+    # w_2 = 0 is the one-dial tilt; each reward's scale w_i with beta_i is scale 1 with beta_i / w_i.
+    for w in (0.5, 1.0, 3.0):
+        one_dial = synthetic.predicted_shares(base, (w, 0.0), betas)[synthetic.REWARDED_MODE]
+        assert one_dial == pytest.approx(synthetic.predicted_share(base[0], w, betas[0]))
+    assert shares == pytest.approx(synthetic.predicted_shares(base, (1.0, 1.0), (betas[0] / w1, betas[1] / w2)))
+    # Raising one dial raises its pattern and lowers the other rewarded one; huge scales do not overflow.
+    more = synthetic.predicted_shares(base, (w1 + 1, w2), betas)
+    assert more[0] > shares[0] and more[2] < shares[2]
+    assert synthetic.predicted_shares(base, (1e3, 0.0), betas) == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="one scale and one beta per reward"):
+        synthetic.predicted_shares(base, (1.0,), betas)
 
 
 def test_training_is_deterministic_and_learns():
