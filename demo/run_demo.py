@@ -1,14 +1,18 @@
-"""The RLG demo: train a tiny base/RL pair, turn the dial through ComfyUI, measure the reward.
+"""The RLG demo: train a tiny base and two RL models, turn the dials through ComfyUI, measure.
 
     make demo          (or: .comfy-host/venv/bin/python demo/run_demo.py)
 
 1. Makes the demo models with demo/train.py (or reuses a cached copy whose manifest matches) and
    puts them in the host ComfyUI's stock folders: models/diffusion_models/rlg_demo_base.safetensors,
-   rlg_demo_rl.safetensors (full RL model) and models/loras/rlg_demo_rl_lora.safetensors.
-2. Starts that ComfyUI with ComfyUI-RLG and queues, over its HTTP API, base -> RLG Apply (rl_model
-   = base + RL LoRA through LoraLoaderModelOnly) -> KSampler -> SaveLatent for each rlg_scale, plus
-   the RL model alone in both forms.
-3. Classifies every sample, scores the reward, and writes a table, a plot and sample pictures to
+   rlg_demo_rl.safetensors (full RL model, reward 1 = red disc), models/loras/rlg_demo_rl_lora.safetensors
+   (the same RL model as a LoRA) and models/loras/rlg_demo_rl2_lora.safetensors (the second RL model,
+   reward 2 = blue cross).
+2. Starts that ComfyUI with ComfyUI-RLG and queues, over its HTTP API:
+   * one dial: base -> RLG Apply (rl_model = base + RL LoRA through LoraLoaderModelOnly) -> KSampler
+     -> SaveLatent for each rlg_scale, plus the RL model alone in both forms;
+   * two dials: base + RL LoRA 1 and base + RL LoRA 2, each into an RLG RL Model node (w_1, w_2),
+     chained into RLG Apply (several RL models) -> KSampler -> SaveLatent, over a grid of (w_1, w_2).
+3. Classifies every sample, scores the rewards, and writes tables, plots and sample pictures to
    out/demo/.
 """
 
@@ -43,8 +47,10 @@ from comfy_server import ComfyServer  # noqa: E402
 BASE_FILE = "rlg_demo_base.safetensors"
 RL_FILE = "rlg_demo_rl.safetensors"
 LORA_FILE = "rlg_demo_rl_lora.safetensors"
+LORA2_FILE = "rlg_demo_rl2_lora.safetensors"
 DEMO_NODES = Path(__file__).resolve().parent / "comfy_nodes"
 SCALES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+GRID_SCALES = (0.0, 1.0, 2.0)  # the two-dial grid: every (w_1, w_2) with both from this list
 CODE_FILES = ("train.py", "synthetic.py", "tiny_sd3.py")
 
 
@@ -59,6 +65,22 @@ class SweepRow:
     samples: torch.Tensor
 
 
+@dataclass
+class GridRow:
+    """One (w_1, w_2) of the two-dial grid: the share of each pattern, measured and predicted."""
+
+    w1: float
+    w2: float
+    measured: list[float]  # per pattern, synthetic.MODE_NAMES order
+    predicted: list[float] | None
+    seconds: float
+    samples: torch.Tensor
+
+    @property
+    def label(self) -> str:
+        return f"w1={self.w1:g} w2={self.w2:g}"
+
+
 # ---------------------------------------------------------------- models (trained or cached)
 
 def _sha256(path: Path) -> str:
@@ -71,9 +93,10 @@ def _code_version() -> str:
 
 
 def ensure_models(models_dir: Path, config: train.TrainConfig, quiet: bool = False) -> dict:
-    """Train the pair into models_dir unless a cached copy with the same config and code is there."""
+    """Train the base and both RL models into models_dir unless a cached copy with the same config and code is there."""
     unet_dir, lora_dir = models_dir / "diffusion_models", models_dir / "loras"
-    files = {"base": unet_dir / BASE_FILE, "rl": unet_dir / RL_FILE, "lora": lora_dir / LORA_FILE}
+    files = {"base": unet_dir / BASE_FILE, "rl": unet_dir / RL_FILE, "lora": lora_dir / LORA_FILE,
+             "lora2": lora_dir / LORA2_FILE}
     manifest_path = unet_dir / "rlg_demo_manifest.json"
     wanted = {"config": config.as_dict(), "code": _code_version()}
     if manifest_path.exists():
@@ -90,8 +113,9 @@ def ensure_models(models_dir: Path, config: train.TrainConfig, quiet: bool = Fal
         if quiet:
             return
         if stage not in bars:
-            what = "training the base model (flow matching)" if stage == "base" else \
-                "fine-tuning the RL LoRA (reward-weighted flow matching)"
+            what = {"base": "training the base model (flow matching)",
+                    "rl": "fine-tuning RL LoRA 1, red disc (reward-weighted flow matching)",
+                    "rl2": "fine-tuning RL LoRA 2, blue cross (reward-weighted flow matching)"}[stage]
             bars[stage] = tqdm(total=total, desc=what, unit="step", leave=True)
         bars[stage].update(1)
         bars[stage].set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -101,12 +125,14 @@ def ensure_models(models_dir: Path, config: train.TrainConfig, quiet: bool = Fal
     t0 = time.perf_counter()
     base_sd = train.train_base(config, progress)
     full_sd, lora_sd, stats = train.train_rl(base_sd, config, progress)
+    _, lora2_sd, stats_2 = train.train_rl(base_sd, config, progress, synthetic.REWARDS_2, seed_offset=2, stage="rl2")
     unet_dir.mkdir(parents=True, exist_ok=True)
     lora_dir.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(base_sd, files["base"])
     safetensors.torch.save_file(full_sd, files["rl"])
     safetensors.torch.save_file(lora_sd, files["lora"])
-    manifest = dict(wanted, sha256={k: _sha256(p) for k, p in files.items()}, stats=stats,
+    safetensors.torch.save_file(lora2_sd, files["lora2"])
+    manifest = dict(wanted, sha256={k: _sha256(p) for k, p in files.items()}, stats=stats, stats_2=stats_2,
                     train_seconds=round(time.perf_counter() - t0, 1))
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -141,6 +167,22 @@ def rl_alone_graph(form: str, samples: int, seed: int, prefix: str) -> dict:
     return graph
 
 
+def grid_graph(w1: float, w2: float, samples: int, seed: int, prefix: str) -> dict:
+    """Two dials: base + RL LoRA 1 and base + RL LoRA 2, chained RLG RL Model nodes, RLG Apply (several)."""
+    graph = rlg_graph(1.0, samples, seed, prefix)
+    del graph["3"]
+    graph["8"] = {"class_type": "LoraLoaderModelOnly",
+                  "inputs": {"model": ["1", 0], "lora_name": LORA2_FILE, "strength_model": 1.0}}
+    graph["9"] = {"class_type": "RLGRLModel", "inputs": {"rl_model": ["2", 0], "rlg_scale": w1,
+                                                         "start_percent": 0.0, "end_percent": 1.0}}
+    graph["10"] = {"class_type": "RLGRLModel", "inputs": {"rl_model": ["8", 0], "rlg_scale": w2,
+                                                          "start_percent": 0.0, "end_percent": 1.0,
+                                                          "rl_models": ["9", 0]}}
+    graph["11"] = {"class_type": "RLGApplyMulti", "inputs": {"model": ["1", 0], "rl_models": ["10", 0]}}
+    graph["6"]["inputs"]["model"] = ["11", 0]
+    return graph
+
+
 def _run(server: ComfyServer, graph: dict) -> tuple[torch.Tensor, float]:
     import comfy.latent_formats
 
@@ -170,6 +212,23 @@ def sweep(server: ComfyServer, scales, samples: int, seed: int, beta: float, qui
     for row in rows:
         w = 1.0 if row.scale is None else row.scale
         row.predicted_share = synthetic.predicted_share(base_share, w, beta)
+    return rows
+
+
+def grid_sweep(server: ComfyServer, grid_scales, samples: int, seed: int, betas: tuple[float, float],
+               quiet: bool = False) -> list[GridRow]:
+    """Every (w_1, w_2) from grid_scales x grid_scales; (0, 0), the base, gives the shares to tilt."""
+    if 0.0 not in grid_scales:
+        raise ValueError(f"the grid needs w = 0 (the base model's shares): {grid_scales}")
+    points = [(w1, w2) for w1 in grid_scales for w2 in grid_scales]
+    rows: list[GridRow] = []
+    for w1, w2 in tqdm(points, desc=f"two dials: {samples} images per (w_1, w_2) via ComfyUI", unit="prompt",
+                       disable=quiet):
+        x, seconds = _run(server, grid_graph(w1, w2, samples, seed, f"rlg_demo/grid_w{w1:g}_{w2:g}"))
+        rows.append(GridRow(w1, w2, synthetic.mode_shares(x), None, seconds, x))
+    base = next(r.measured for r in rows if r.w1 == 0.0 and r.w2 == 0.0)
+    for row in rows:
+        row.predicted = synthetic.predicted_shares(base, (row.w1, row.w2), betas)
     return rows
 
 
@@ -215,7 +274,56 @@ def write_plot(rows: list[SweepRow], beta: float, path: Path) -> None:
     plt.close(fig)
 
 
-def write_pictures(rows: list[SweepRow], path: Path, per_row: int = 16, pixels: int = 48) -> None:
+def _slug(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def write_grid_table(rows: list[GridRow], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["w_1", "w_2", *(f"measured_{_slug(n)}" for n in synthetic.MODE_NAMES),
+                         *(f"predicted_{_slug(n)}" for n in synthetic.MODE_NAMES), "seconds"])
+        for r in rows:
+            writer.writerow([r.w1, r.w2, *(f"{v:.4f}" for v in r.measured), *(f"{v:.4f}" for v in r.predicted),
+                             f"{r.seconds:.2f}"])
+
+
+def write_grid_plot(rows: list[GridRow], betas: tuple[float, float], path: Path) -> None:
+    """Heatmaps over (w_1, w_2): the share of red discs and of blue crosses, measured next to predicted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w1s, w2s = sorted({r.w1 for r in rows}), sorted({r.w2 for r in rows})
+    by_point = {(r.w1, r.w2): r for r in rows}
+    panels = ((synthetic.REWARDED_MODE, "red discs", "Reds"), (synthetic.REWARDED_MODE_2, "blue crosses", "Blues"))
+    fig, axes = plt.subplots(2, 2, figsize=(8.8, 7.6), dpi=110, constrained_layout=True)
+    for i, (mode, plural, cmap) in enumerate(panels):
+        for j, kind in enumerate(("measured", "predicted")):
+            ax = axes[i, j]
+            grid = torch.tensor([[getattr(by_point[(w1, w2)], kind)[mode] for w1 in w1s] for w2 in w2s])
+            image = ax.imshow(grid.numpy(), origin="lower", cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+            for b in range(len(w2s)):
+                for a in range(len(w1s)):
+                    value = float(grid[b, a])
+                    ax.text(a, b, f"{value:.2f}", ha="center", va="center", fontsize=11,
+                            color="white" if value > 0.55 else "black")
+            ax.set_xticks(range(len(w1s)), [f"{w:g}" for w in w1s])
+            ax.set_yticks(range(len(w2s)), [f"{w:g}" for w in w2s])
+            ax.set_xlabel(r"$w_1$ (RL model 1: red disc)")
+            ax.set_ylabel(r"$w_2$ (RL model 2: blue cross)")
+            what = "measured through ComfyUI" if kind == "measured" else "predicted by the sum tilt"
+            ax.set_title(f"share of {plural}: {what}", fontsize=10)
+        fig.colorbar(image, ax=axes[i, :], shrink=0.9, label=f"share of {plural}")
+    fig.suptitle(f"Two RLG dials at once: RLG Apply (several RL models), {rows[0].samples.shape[0]} samples per cell\n"
+                 r"predicted: the base's measured shares tilted by $\exp(w_1 r_1/\beta_1 + w_2 r_2/\beta_2)$, "
+                 rf"$\beta_1 = \beta_2 = {betas[0]:.3g}$", fontsize=10.5)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_pictures(rows: list[SweepRow] | list[GridRow], path: Path, per_row: int = 16, pixels: int = 48) -> None:
     from PIL import Image, ImageDraw
 
     label_w, pad = 130, 4
@@ -231,7 +339,7 @@ def write_pictures(rows: list[SweepRow], path: Path, per_row: int = 16, pixels: 
     img.save(path)
 
 
-def summary(rows: list[SweepRow], manifest: dict, out_dir: Path, total_seconds: float) -> str:
+def summary(rows: list[SweepRow], grid: list[GridRow], manifest: dict, out_dir: Path, total_seconds: float) -> str:
     lines = ["", "RLG demo: the same 'prompt', sampled by ComfyUI at each rlg_scale "
              f"({rows[0].samples.shape[0]} samples, euler, 20 steps, cfg 1)",
              f"{'setting':<18}{'mean reward':>12}{'red discs':>11}{'predicted':>11}{'seconds':>9}"]
@@ -242,16 +350,33 @@ def summary(rows: list[SweepRow], manifest: dict, out_dir: Path, total_seconds: 
         "reward: 1 for a red disc, 0 for the other three patterns. predicted: the base model's share",
         f"tilted by exp(w r / beta), beta = {manifest['config']['beta']:.3f}: what RL with KL coefficient"
         " beta / w would give.",
-        f"outputs in {out_dir}: sweep.csv, rlg_dial.png, samples.png   (total {total_seconds:.0f} s)",
+    ]
+    if grid:
+        red, blue = synthetic.REWARDED_MODE, synthetic.REWARDED_MODE_2
+        lines += [
+            "",
+            "Two dials: RL model 1 (red disc) at w_1 and RL model 2 (blue cross) at w_2, RLG Apply (several RL models)",
+            f"{'w_1':>5}{'w_2':>5}{'red discs':>11}{'predicted':>11}{'blue crosses':>14}{'predicted':>11}"
+            f"{'seconds':>9}",
+        ]
+        for r in grid:
+            lines.append(f"{r.w1:>5g}{r.w2:>5g}{r.measured[red]:>11.3f}{r.predicted[red]:>11.3f}"
+                         f"{r.measured[blue]:>14.3f}{r.predicted[blue]:>11.3f}{r.seconds:>9.1f}")
+        lines.append("predicted: the base's shares tilted by exp(w_1 r_1 / beta + w_2 r_2 / beta).")
+    lines += [
+        f"outputs in {out_dir}: sweep.csv, rlg_dial.png, samples.png, grid.csv, rlg_two_dials.png,",
+        f"  grid_samples.png   (total {total_seconds:.0f} s)",
         f"models in {COMFY_DIR / 'models'}: diffusion_models/{BASE_FILE}, diffusion_models/{RL_FILE},",
-        f"  loras/{LORA_FILE}. To use them in the front-end: make demo-server, open http://127.0.0.1:8188",
-        "  and load the template ComfyUI-RLG > rlg_demo (example_workflows/rlg_demo.json).",
+        f"  loras/{LORA_FILE}, loras/{LORA2_FILE}. To use them in the front-end: make demo-server, open",
+        "  http://127.0.0.1:8188 and load the template ComfyUI-RLG > rlg_demo (example_workflows/rlg_demo.json).",
     ]
     return "\n".join(lines)
 
 
 def run(models_dir: Path, out_dir: Path, work_dir: Path, config: train.TrainConfig, scales=SCALES,
-        samples: int = 256, seed: int = 1, quiet: bool = False) -> tuple[list[SweepRow], dict]:
+        samples: int = 256, seed: int = 1, quiet: bool = False,
+        grid_scales=GRID_SCALES) -> tuple[list[SweepRow], list[GridRow], dict]:
+    """Both sweeps through one ComfyUI server; grid_scales=() leaves the two-dial grid out."""
     t0 = time.perf_counter()
     manifest = ensure_models(models_dir, config, quiet)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -263,15 +388,20 @@ def run(models_dir: Path, out_dir: Path, work_dir: Path, config: train.TrainConf
     server = ComfyServer(COMFY_DIR, work_dir, paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
     try:
         rows = sweep(server, scales, samples, seed, config.beta, quiet)
+        grid = grid_sweep(server, grid_scales, samples, seed, (config.beta, config.beta), quiet) if grid_scales else []
     finally:
         server.stop()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table(rows, out_dir / "sweep.csv")
     write_plot(rows, config.beta, out_dir / "rlg_dial.png")
     write_pictures(rows, out_dir / "samples.png")
+    if grid:
+        write_grid_table(grid, out_dir / "grid.csv")
+        write_grid_plot(grid, (config.beta, config.beta), out_dir / "rlg_two_dials.png")
+        write_pictures(grid, out_dir / "grid_samples.png")
     if not quiet:
-        print(summary(rows, manifest, out_dir, time.perf_counter() - t0))
-    return rows, manifest
+        print(summary(rows, grid, manifest, out_dir, time.perf_counter() - t0))
+    return rows, grid, manifest
 
 
 def main() -> None:

@@ -7,9 +7,11 @@
   p_base exp(r / beta) / Z, and weighted maximum likelihood with weights exp(r / beta) on base
   samples targets exactly that distribution (reward-weighted regression). Here the weighting is
   done by resampling the base samples in proportion to exp(r / beta).
+* Second RL model: a second LoRA, fine-tuned the same way from the same base for the second reward
+  (1 for the blue cross, synthetic.REWARDS_2), from its own seed.
 
 Both are saved the way ComfyUI loads them: the base and the merged RL model as diffusion-model
-files (bare MMDiT keys, UNETLoader), the RL LoRA in ComfyUI's generic LoRA format
+files (bare MMDiT keys, UNETLoader), the RL LoRAs in ComfyUI's generic LoRA format
 (diffusion_model.<layer>.lora_up/lora_down/alpha, LoraLoaderModelOnly). The merged full model
 and base + LoRA are the same network, so both forms sample the same images.
 """
@@ -121,18 +123,23 @@ class _LoRA(torch.nn.Module):
         return weight + self.up @ self.down
 
 
-def train_rl(base_sd: dict[str, torch.Tensor], config: TrainConfig,
-             progress: Progress = _no_progress) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """Fine-tune a LoRA towards the reward. Returns (full RL state dict, LoRA state dict, stats)."""
+def train_rl(base_sd: dict[str, torch.Tensor], config: TrainConfig, progress: Progress = _no_progress,
+             rewards_per_mode=synthetic.REWARDS, seed_offset: int = 1,
+             stage: str = "rl") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """Fine-tune a LoRA towards a reward. Returns (full RL state dict, LoRA state dict, stats).
+
+    rewards_per_mode: the reward of each pattern (reward 1 unless told). The run draws from seed
+    config.seed + seed_offset: 1 for the first RL model, 2 for the second. stage: the progress label.
+    """
     from torch.nn.utils import parametrize
 
-    torch.manual_seed(config.seed + 1)
-    gen = torch.Generator().manual_seed(config.seed + 1)
+    torch.manual_seed(config.seed + seed_offset)
+    gen = torch.Generator().manual_seed(config.seed + seed_offset)
     net = tiny_sd3.build_mmdit()
     net.load_state_dict(base_sd)
     net.eval()
     base_samples = sample(net, config.rl_samples, config.rl_sample_steps, gen)
-    rewards = synthetic.reward(base_samples)
+    rewards = synthetic.reward(base_samples, rewards_per_mode)
     weights = torch.exp(rewards / config.beta)
     stats = {"base_sample_reward": float(rewards.mean()), "base_sample_count": config.rl_samples}
 
@@ -151,7 +158,7 @@ def train_rl(base_sd: dict[str, torch.Tensor], config: TrainConfig,
         return base_samples[idx]
 
     net.train()
-    _train(net, params, config.rl_steps, config.rl_lr, batches, gen, "rl", progress)
+    _train(net, params, config.rl_steps, config.rl_lr, batches, gen, stage, progress)
 
     lora_sd: dict[str, torch.Tensor] = {}
     full_sd = {k: v.clone() for k, v in base_sd.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -28,6 +29,16 @@ def tiny_models(tmp_path_factory):
     with torch.inference_mode(False):
         manifest = run_demo.ensure_models(models, TINY, quiet=True)
     return models, manifest
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_models, tmp_path_factory):
+    """Both sweeps through one ComfyUI server: the dial at 0, 1, 2 and the (w_1, w_2) grid over {0, 1}^2."""
+    models, _ = tiny_models
+    out = tmp_path_factory.mktemp("demo_run")
+    rows, grid, _ = run_demo.run(models, out / "out", out / "work", TINY, scales=(0.0, 1.0, 2.0), samples=8,
+                                 quiet=True, grid_scales=(0.0, 1.0))
+    return rows, grid, out / "out"
 
 
 def test_data_set_is_known_and_the_reward_is_per_mode():
@@ -111,6 +122,27 @@ def test_saved_models_load_in_comfyui_and_lora_equals_full(tiny_models):
     assert h.max_diff(via_full, via_base) > 1e-3
 
 
+def test_second_rl_lora_loads_in_comfyui(tiny_models):
+    models, manifest = tiny_models
+    assert manifest["stats_2"]["base_sample_count"] == TINY.rl_samples
+    base = comfy.sd.load_diffusion_model(str(models / "diffusion_models" / run_demo.BASE_FILE))
+    key_map = comfy.lora.model_lora_keys_unet(base.model, {})
+    kw = dict(cfg=1.0, steps=6, latent_image=torch.zeros(4, 16, 8, 8))
+    context, pooled = synthetic.prompt_conditioning()
+    kw["positive"] = [[context, {"pooled_output": pooled}]]
+    kw["negative"] = [[torch.zeros_like(context), {"pooled_output": torch.zeros_like(pooled)}]]
+    outs = {}
+    for name in (run_demo.LORA_FILE, run_demo.LORA2_FILE):
+        lora_sd = safetensors.torch.load_file(models / "loras" / name)
+        patches = comfy.lora.load_lora(lora_sd, key_map)
+        lora = base.clone()
+        assert len(lora.add_patches(patches, 1.0)) == len(patches) == len(lora_sd) // 3, name
+        outs[name] = h.ksample(lora, **kw)
+    # Its own model: not the base, not the first RL LoRA.
+    assert h.max_diff(outs[run_demo.LORA2_FILE], h.ksample(base, **kw)) > 1e-3
+    assert h.max_diff(outs[run_demo.LORA2_FILE], outs[run_demo.LORA_FILE]) > 1e-3
+
+
 def test_model_cache_is_reused_and_checked(tiny_models, tmp_path):
     models, manifest = tiny_models
     again = run_demo.ensure_models(models, TINY, quiet=True)
@@ -128,10 +160,8 @@ def test_model_cache_is_reused_and_checked(tiny_models, tmp_path):
 
 
 @pytest.mark.server
-def test_sweep_through_comfyui_at_small_size(tiny_models, tmp_path):
-    models, _ = tiny_models
-    rows, _ = run_demo.run(models, tmp_path / "out", tmp_path / "work", TINY, scales=(0.0, 1.0, 2.0), samples=8,
-                           quiet=True)
+def test_sweep_through_comfyui_at_small_size(tiny_run):
+    rows, _, out = tiny_run
     by_label = {r.label: r for r in rows}
     w1, rl_lora, rl_full = by_label["RLG w=1"], by_label["RL alone (lora)"], by_label["RL alone (full)"]
     # The LoRA runs as a forward-hook bypass in RLG and merged into the weights alone: equal to rounding.
@@ -139,8 +169,32 @@ def test_sweep_through_comfyui_at_small_size(tiny_models, tmp_path):
     assert h.max_diff(w1.samples, rl_full.samples) <= 1e-4
     assert h.max_diff(by_label["RLG w=2"].samples, w1.samples) > 1e-3
     for name in ("sweep.csv", "rlg_dial.png", "samples.png"):
-        assert (tmp_path / "out" / name).stat().st_size > 0
-    assert len((tmp_path / "out" / "sweep.csv").read_text().splitlines()) == 1 + 3 + 2
+        assert (out / name).stat().st_size > 0
+    assert len((out / "sweep.csv").read_text().splitlines()) == 1 + 3 + 2
+
+
+@pytest.mark.server
+def test_two_dial_grid_through_comfyui_at_small_size(tiny_run):
+    rows, grid, out = tiny_run
+    assert [(r.w1, r.w2) for r in grid] == [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+    point = {(r.w1, r.w2): r for r in grid}
+    single = {r.scale: r for r in rows if r.scale is not None}
+    # RLG Apply (several RL models) with RL model 2 at 0 is RLG Apply with RL model 1 alone; (0, 0) is the base.
+    for w in (0.0, 1.0):
+        assert h.max_diff(point[(w, 0.0)].samples, single[w].samples) <= h.tolerance(single[w].samples), w
+    # The second dial does something, and something else than the first.
+    assert h.max_diff(point[(0.0, 1.0)].samples, point[(0.0, 0.0)].samples) > 1e-3
+    assert h.max_diff(point[(0.0, 1.0)].samples, point[(1.0, 0.0)].samples) > 1e-3
+    for r in grid:
+        assert sum(r.measured) == pytest.approx(1.0) and sum(r.predicted) == pytest.approx(1.0)
+    assert point[(0.0, 0.0)].predicted == pytest.approx(point[(0.0, 0.0)].measured)
+    with open(out / "grid.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and [float(t["w_2"]) for t in table] == [0.0, 1.0, 0.0, 1.0]
+    assert float(table[3]["predicted_red_disc"]) == pytest.approx(point[(1.0, 1.0)].predicted[0], abs=1e-4)
+    assert float(table[3]["measured_blue_cross"]) == pytest.approx(point[(1.0, 1.0)].measured[2], abs=1e-4)
+    for name in ("rlg_two_dials.png", "grid_samples.png"):
+        assert (out / name).stat().st_size > 0
 
 
 @pytest.mark.server
