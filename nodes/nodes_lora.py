@@ -5,13 +5,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import comfy.lora
 import comfy.sd
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
 from .model_pair import describe_model
-from .peft_alpha import AdapterConfigError, alpha_keys, find_adapter_config, load_config, needs_alpha
+from .peft_alpha import (
+    PEFT_MODEL_PREFIX,
+    AdapterConfigError,
+    alpha_keys,
+    find_adapter_config,
+    load_config,
+    lora_prefixes,
+    needs_alpha,
+    peft_layer_renames,
+    with_renamed_layers,
+)
 from .rlg_math import RLGInputError
 
 log = logging.getLogger("ComfyUI-RLG")
@@ -47,6 +58,12 @@ def load_peft_aware(model, lora_path: str, strength: float, name: str | None = N
                 raise RLGInputError(f"lora_name {label!r}: its PEFT config {config_path.name} cannot be used: {err}. "
                                     "Put the adapter_config.json that came with the LoRA beside it.") from None
             log.info("RLG: %s: lora_alpha %s from %s applied", lora_path, config.get("lora_alpha"), config_path.name)
+    if any(prefix.startswith(PEFT_MODEL_PREFIX) for prefix in lora_prefixes(lora)):
+        renames = peft_layer_renames(lora, comfy.lora.model_lora_keys_unet(model.model, {}))
+        if renames:
+            lora = with_renamed_layers(lora, renames)
+            log.info("RLG: %s: %d PEFT layers (%s...) mapped to ComfyUI's names for this model", label, len(renames),
+                     next(iter(renames)))
     model_lora, _ = comfy.sd.load_lora_for_models(model, None, lora, strength, 0)
     if not any(len(v) > len(model.patches.get(k, ())) for k, v in model_lora.patches.items()):
         raise RLGInputError(
@@ -80,5 +97,10 @@ class RLGLoraLoaderModelOnly(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength_model) -> io.NodeOutput:
+        # ComfyUI before 0.8 does not check a V3 node's combo values itself: a name from the API that is not
+        # in the list (a path out of the loras folder, say) reaches the node.
+        if lora_name not in folder_paths.get_filename_list("loras"):
+            raise RLGInputError(f"lora_name {lora_name!r} is not a LoRA in the loras folder; pick one from the list "
+                                "(names are relative to the loras folder).")
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
         return io.NodeOutput(load_peft_aware(model, path, strength_model, name=lora_name))

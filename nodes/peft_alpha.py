@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 _A_SUFFIXES = (".lora_A.weight", ".lora_A.default.weight")
+PEFT_MODEL_PREFIX = "base_model.model."  # what PEFT puts before a wrapped model's layer names
 
 
 def lora_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -74,6 +75,44 @@ def alpha_keys(state_dict: Mapping[str, torch.Tensor], config: Mapping) -> dict[
         alpha = _pattern_value(patterns, layer, default_alpha)
         scale = alpha / math.sqrt(rank) if rs else alpha / rank
         out[f"{prefix}.alpha"] = torch.tensor(scale * rank)
+    return out
+
+
+def peft_layer_renames(state_dict: Mapping[str, torch.Tensor], key_map: Mapping) -> dict[str, str]:
+    """{PEFT layer prefix: the name ComfyUI's LoRA key map knows that layer by}, for layers it does not map.
+
+    PEFT saves a layer of the wrapped transformer as base_model.model.<diffusers name>. ComfyUI's key map
+    takes that prefix for SD3 and a few others, but for FLUX and Qwen-Image it knows the diffusers layer
+    only as transformer.<name> (and Qwen-Image's also as <name>), so every key of a FLUX or Qwen-Image PEFT
+    LoRA (BoxFlow-GRPO, ARR-RPO) would be left out. Only prefixes the key map lacks, and whose other name
+    it has, are renamed: a LoRA that loads today loads the same.
+    """
+    renames = {}
+    for prefix in lora_prefixes(state_dict):
+        if prefix in key_map or not prefix.startswith(PEFT_MODEL_PREFIX):
+            continue
+        layer = prefix[len(PEFT_MODEL_PREFIX):]
+        for candidate in (f"transformer.{layer}", layer):
+            if candidate in key_map:
+                renames[prefix] = candidate
+                break
+    return renames
+
+
+def with_renamed_layers(state_dict: Mapping[str, torch.Tensor], renames: Mapping[str, str]) -> dict:
+    """The state dict with each key under a renamed layer prefix (weights, alpha, ...) moved to its new name."""
+    if not renames:
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        new_key = key
+        cut = key.rfind(".")
+        while cut > 0:  # the longest layer prefix of this key that is renamed
+            if key[:cut] in renames:
+                new_key = renames[key[:cut]] + key[cut:]
+                break
+            cut = key.rfind(".", 0, cut)
+        out[new_key] = value
     return out
 
 

@@ -6,6 +6,7 @@ import logging
 import comfy.sd
 import pytest
 import safetensors.torch
+import torch
 
 import harness as h
 import tiny_models as tm
@@ -136,3 +137,41 @@ def test_huge_adapter_config_is_not_read(peft_lora):
     (path.parent / "adapter_config.json").write_text('{"lora_alpha": 8, "pad": "' + "x" * (2 << 20) + '"}')
     with pytest.raises(RLGInputError, match="not one \\(limit"):
         load_peft_aware(base, str(path), 1.0)
+
+
+def test_peft_prefix_is_renamed_only_where_comfyui_does_not_map_it():
+    from comfyui_rlg.nodes.peft_alpha import peft_layer_renames, with_renamed_layers
+
+    lora = {"base_model.model.transformer_blocks.0.attn.to_q.lora_A.weight": 1,
+            "base_model.model.transformer_blocks.0.attn.to_q.lora_B.weight": 2,
+            "base_model.model.transformer_blocks.0.attn.to_q.alpha": 3,
+            "base_model.model.single_transformer_blocks.0.attn.to_k.lora_A.weight": 4,
+            "base_model.model.unknown.lora_A.weight": 5,
+            "lora_unet_x.lora_down.weight": 6}
+    # FLUX's key map knows diffusers layers as transformer.<layer>, Qwen-Image's also as <layer>.
+    flux_map = {"transformer.transformer_blocks.0.attn.to_q": ("q", (0, 0, 8)),
+                "transformer.single_transformer_blocks.0.attn.to_k": ("k", (0, 8, 8))}
+    renames = peft_layer_renames(lora, flux_map)
+    assert renames == {"base_model.model.transformer_blocks.0.attn.to_q": "transformer.transformer_blocks.0.attn.to_q",
+                       "base_model.model.single_transformer_blocks.0.attn.to_k":
+                           "transformer.single_transformer_blocks.0.attn.to_k"}
+    out = with_renamed_layers(lora, renames)
+    assert out == {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": 1,
+                   "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": 2,
+                   "transformer.transformer_blocks.0.attn.to_q.alpha": 3,
+                   "transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight": 4,
+                   "base_model.model.unknown.lora_A.weight": 5, "lora_unet_x.lora_down.weight": 6}
+    assert peft_layer_renames(lora, {"transformer_blocks.0.attn.to_q": "w"}) == {
+        "base_model.model.transformer_blocks.0.attn.to_q": "transformer_blocks.0.attn.to_q"}
+    # Where ComfyUI maps base_model.model. itself (SD3: Flow-GRPO's LoRAs), nothing is renamed.
+    sd3_map = {"base_model.model.transformer_blocks.0.attn.to_q": "w",
+               "transformer.transformer_blocks.0.attn.to_q": "w"}
+    assert peft_layer_renames(lora, sd3_map) == {}
+
+
+def test_sd3_peft_lora_loads_exactly_as_before(peft_lora):
+    base, sd, path = peft_lora
+    ours = load_peft_aware(base, str(path), 1.0)
+    stock_ = stock(base, sd | {k[: -len(".lora_A.weight")] + ".alpha": torch.tensor(8.0)
+                              for k in sd if k.endswith(".lora_A.weight")}, 1.0)
+    assert ours.patches.keys() == stock_.patches.keys()
