@@ -28,6 +28,16 @@ SD15 = "v1-5-pruned-emaonly.safetensors"
 DPO15 = "dpo-sd1.5-text2image-v1.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
 SPO_XL = "spo_sdxl_4k-p_10ep_lora_webui.safetensors"
+DPO_XL = "dpo-sdxl-text2image-v1.safetensors"
+FLUX_DEV = "flux1-dev.safetensors"
+SRPO = "flux1-dev-srpo.safetensors"
+BOXFLOW = "boxflow_grpo_flux/adapter_model.safetensors"
+QWEN_EDIT = "qwen_image_edit_fp8_e4m3fn.safetensors"
+ARR_QWEN = "arr_rpo_qwen_image_edit/adapter_model.safetensors"
+WAN_HIGH = "wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors"
+WAN_LOW = "wan2.2_fun_inpaint_low_noise_14B_fp8_scaled.safetensors"
+WAN_REWARD_HIGH = "Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors"
+WAN_REWARD_LOW = "Wan2.2-Fun-A14B-InP-low-noise-HPS2.1.safetensors"
 
 
 def note(text: str) -> dict:
@@ -89,6 +99,135 @@ def checkpoint_text2img(ckpt: str, rl_node: dict, prompt: str, negative: str, si
     return nodes, links
 
 
+def flux_text2img(rl_node: dict, prompt: str, text: str) -> tuple[dict, list]:
+    """FLUX.1-dev as its own files (diffusion model, two text encoders, VAE) and an RL loader node."""
+    rl_is_lora = "Lora" in rl_node["type"]
+    nodes = {
+        "unet": {"type": "UNETLoader", "widgets": {"unet_name": FLUX_DEV, "weight_dtype": "default"}, "pos": [40, 80]},
+        "rl": dict(rl_node, pos=[40, 240]),
+        "clip": {"type": "DualCLIPLoader", "widgets": {"clip_name1": "clip_l.safetensors",
+                                                       "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"},
+                 "pos": [40, 400]},
+        "vae": {"type": "VAELoader", "widgets": {"vae_name": "ae.safetensors"}, "pos": [40, 560]},
+        "pos": {"type": "CLIPTextEncode", "widgets": {"text": prompt}, "pos": [480, 220]},
+        "neg": {"type": "CLIPTextEncode", "widgets": {"text": ""}, "pos": [480, 460]},
+        "guidance": {"type": "FluxGuidance", "widgets": {"guidance": 3.5}, "pos": [900, 220]},
+        "rlg": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
+                "pos": [480, 40]},
+        "latent": {"type": "EmptySD3LatentImage", "widgets": {"width": 1024, "height": 1024, "batch_size": 1},
+                   "pos": [900, 360]},
+        "sampler": {"type": "KSampler", "widgets": {"seed": 42, "control_after_generate": "fixed", "steps": 28,
+                                                    "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                                    "denoise": 1.0}, "pos": [1260, 40]},
+        "decode": {"type": "VAEDecode", "widgets": {}, "pos": [1620, 40]},
+        "save": {"type": "SaveImage", "widgets": {"filename_prefix": "rlg"}, "pos": [1620, 160]},
+        "note": note(text),
+    }
+    links = [("unet", 0, "rl", "model")] if rl_is_lora else []
+    links += [("unet", 0, "rlg", "model"), ("rl", 0, "rlg", "rl_model"), ("clip", 0, "pos", "clip"),
+              ("clip", 0, "neg", "clip"), ("pos", 0, "guidance", "conditioning"), ("rlg", 0, "sampler", "model"),
+              ("guidance", 0, "sampler", "positive"), ("neg", 0, "sampler", "negative"),
+              ("latent", 0, "sampler", "latent_image"), ("sampler", 0, "decode", "samples"),
+              ("vae", 0, "decode", "vae"), ("decode", 0, "save", "images")]
+    return nodes, links
+
+
+def qwen_image_edit(rl_lora: str, prompt: str, text: str) -> tuple[dict, list]:
+    """Qwen-Image-Edit: the input image goes to the text encoder (TextEncodeQwenImageEdit) and the latent."""
+    nodes = {
+        "unet": {"type": "UNETLoader", "widgets": {"unet_name": QWEN_EDIT, "weight_dtype": "default"}, "pos": [40, 80]},
+        "shift": {"type": "ModelSamplingAuraFlow", "widgets": {"shift": 3.0}, "pos": [40, 240]},
+        "rl": {"type": "RLGLoraLoaderModelOnly", "widgets": {"lora_name": rl_lora, "strength_model": 1.0},
+               "pos": [40, 360]},
+        "clip": {"type": "CLIPLoader", "widgets": {"clip_name": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                                                   "type": "qwen_image"}, "pos": [40, 520]},
+        "vae": {"type": "VAELoader", "widgets": {"vae_name": "qwen_image_vae.safetensors"}, "pos": [40, 660]},
+        "image": {"type": "LoadImage", "widgets": {"image": "example.png"}, "pos": [480, 560]},
+        "scale": {"type": "ImageScale", "widgets": {"upscale_method": "lanczos", "width": 1024, "height": 1024,
+                                                    "crop": "center"}, "pos": [480, 900]},
+        "pos": {"type": "TextEncodeQwenImageEdit", "widgets": {"prompt": prompt}, "pos": [900, 220]},
+        "neg": {"type": "TextEncodeQwenImageEdit", "widgets": {"prompt": ""}, "pos": [900, 460]},
+        "encode": {"type": "VAEEncode", "widgets": {}, "pos": [900, 700]},
+        "rlg": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
+                "pos": [480, 40]},
+        "sampler": {"type": "KSampler", "widgets": {"seed": 42, "control_after_generate": "fixed", "steps": 20,
+                                                    "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple",
+                                                    "denoise": 1.0}, "pos": [1260, 40]},
+        "decode": {"type": "VAEDecode", "widgets": {}, "pos": [1620, 40]},
+        "save": {"type": "SaveImage", "widgets": {"filename_prefix": "rlg"}, "pos": [1620, 160]},
+        "note": note(text),
+    }
+    links = [("unet", 0, "shift", "model"), ("shift", 0, "rl", "model"), ("shift", 0, "rlg", "model"),
+             ("rl", 0, "rlg", "rl_model"), ("image", 0, "scale", "image"),
+             ("clip", 0, "pos", "clip"), ("vae", 0, "pos", "vae"), ("scale", 0, "pos", "image"),
+             ("clip", 0, "neg", "clip"), ("vae", 0, "neg", "vae"), ("scale", 0, "neg", "image"),
+             ("scale", 0, "encode", "pixels"), ("vae", 0, "encode", "vae"), ("rlg", 0, "sampler", "model"),
+             ("pos", 0, "sampler", "positive"), ("neg", 0, "sampler", "negative"),
+             ("encode", 0, "sampler", "latent_image"), ("sampler", 0, "decode", "samples"),
+             ("vae", 0, "decode", "vae"), ("decode", 0, "save", "images")]
+    return nodes, links
+
+
+def wan22_two_experts(text: str) -> tuple[dict, list]:
+    """Wan 2.2 A14B (Fun InP): RLG on each expert, its reward LoRA as rl_model, two KSamplerAdvanced stages."""
+    sampler = {"control_after_generate": "fixed", "steps": 20, "cfg": 3.5, "sampler_name": "euler",
+               "scheduler": "simple"}
+    nodes = {
+        "high": {"type": "UNETLoader", "widgets": {"unet_name": WAN_HIGH, "weight_dtype": "default"}, "pos": [40, 40]},
+        "low": {"type": "UNETLoader", "widgets": {"unet_name": WAN_LOW, "weight_dtype": "default"}, "pos": [40, 200]},
+        "shift_high": {"type": "ModelSamplingSD3", "widgets": {"shift": 8.0}, "pos": [420, 40]},
+        "shift_low": {"type": "ModelSamplingSD3", "widgets": {"shift": 8.0}, "pos": [420, 200]},
+        "rl_high": {"type": "LoraLoaderModelOnly", "widgets": {"lora_name": WAN_REWARD_HIGH, "strength_model": 1.0},
+                    "pos": [760, -120]},
+        "rl_low": {"type": "LoraLoaderModelOnly", "widgets": {"lora_name": WAN_REWARD_LOW, "strength_model": 1.0},
+                   "pos": [760, 360]},
+        "rlg_high": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
+                     "pos": [1120, 40]},
+        "rlg_low": {"type": "RLGApply", "widgets": {"rlg_scale": 1.5, "start_percent": 0.0, "end_percent": 1.0},
+                    "pos": [1120, 240]},
+        "clip": {"type": "CLIPLoader", "widgets": {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                                                   "type": "wan"}, "pos": [40, 420]},
+        "vae": {"type": "VAELoader", "widgets": {"vae_name": "wan_2.1_vae.safetensors"}, "pos": [40, 560]},
+        "image": {"type": "LoadImage", "widgets": {"image": "example.png"}, "pos": [40, 680]},
+        "pos": {"type": "CLIPTextEncode", "widgets": {"text": "a red fox trotting through fresh snow, the camera "
+                                                                "follows it, soft morning light"}, "pos": [420, 420]},
+        "neg": {"type": "CLIPTextEncode", "widgets": {"text": "blurry, static, distorted, low quality"},
+                "pos": [420, 620]},
+        "i2v": {"type": "WanFunInpaintToVideo", "widgets": {"width": 640, "height": 640, "length": 81,
+                                                             "batch_size": 1}, "pos": [760, 560]},
+        "stage1": {"type": "KSamplerAdvanced", "widgets": {"add_noise": "enable", "noise_seed": 42, **sampler,
+                                                           "start_at_step": 0, "end_at_step": 10,
+                                                           "return_with_leftover_noise": "enable"},
+                   "pos": [1480, 40]},
+        "stage2": {"type": "KSamplerAdvanced", "widgets": {"add_noise": "disable", "noise_seed": 42, **sampler,
+                                                           "start_at_step": 10, "end_at_step": 10000,
+                                                           "return_with_leftover_noise": "disable"},
+                   "pos": [1840, 40]},
+        "decode": {"type": "VAEDecode", "widgets": {}, "pos": [2200, 40]},
+        "video": {"type": "CreateVideo", "widgets": {"fps": 16.0}, "pos": [2200, 160]},
+        "save": {"type": "SaveVideo", "widgets": {"filename_prefix": "video/rlg_wan22"}, "pos": [2200, 300]},
+        "note": note(text),
+    }
+    links = [("high", 0, "shift_high", "model"), ("low", 0, "shift_low", "model"),
+             ("shift_high", 0, "rl_high", "model"), ("shift_low", 0, "rl_low", "model"),
+             ("shift_high", 0, "rlg_high", "model"), ("rl_high", 0, "rlg_high", "rl_model"),
+             ("shift_low", 0, "rlg_low", "model"), ("rl_low", 0, "rlg_low", "rl_model"),
+             ("clip", 0, "pos", "clip"), ("clip", 0, "neg", "clip"), ("pos", 0, "i2v", "positive"),
+             ("neg", 0, "i2v", "negative"), ("vae", 0, "i2v", "vae"), ("image", 0, "i2v", "start_image"),
+             ("rlg_high", 0, "stage1", "model"), ("i2v", 0, "stage1", "positive"), ("i2v", 1, "stage1", "negative"),
+             ("i2v", 2, "stage1", "latent_image"), ("rlg_low", 0, "stage2", "model"),
+             ("i2v", 0, "stage2", "positive"), ("i2v", 1, "stage2", "negative"),
+             ("stage1", 0, "stage2", "latent_image"),
+             ("stage2", 0, "decode", "samples"), ("vae", 0, "decode", "vae"), ("decode", 0, "video", "images"),
+             ("video", 0, "save", "video")]
+    return nodes, links
+
+
+FLUX_FILES = (f"diffusion_models/{FLUX_DEV} (black-forest-labs/FLUX.1-dev); clip/clip_l.safetensors and "
+              "clip/t5xxl_fp16.safetensors (comfyanonymous/flux_text_encoders); vae/ae.safetensors "
+              "(black-forest-labs/FLUX.1-dev)")
+
+
 FILES_SD35 = (f"checkpoints/{SD35} (stabilityai/stable-diffusion-3.5-medium); clip/clip_g.safetensors, "
               "clip/clip_l.safetensors, clip/t5xxl_fp16.safetensors (its text_encoders folder)")
 
@@ -125,6 +264,54 @@ def workflows() -> dict[str, tuple[dict, list]]:
         text="RLG: SDXL + SPO LoRA.\n\nModels: checkpoints/" + SDXL + " (stabilityai/stable-diffusion-xl-base-1.0); "
              "loras/" + SPO_XL + " (SPO-Diffusion-Models/SPO-SDXL_4k-p_10ep_LoRA_webui, renamed).\n\nThe LoRA "
              "shares the base's weights: no extra weight memory.")
+    # SDXL + Diffusion-DPO: a whole RL-tuned UNet in diffusers format, loaded by UNETLoader.
+    out["rlg_sdxl_diffusion_dpo"] = checkpoint_text2img(
+        SDXL, {"type": "UNETLoader", "widgets": {"unet_name": DPO_XL, "weight_dtype": "default"}},
+        "a lighthouse on a cliff above a stormy sea at sunset, highly detailed", "blurry, deformed", size=1024,
+        cfg=5.0, steps=30,
+        text="RLG: SDXL + Diffusion-DPO (a full RL-tuned UNet).\n\nModels: checkpoints/" + SDXL + " (stabilityai/"
+             "stable-diffusion-xl-base-1.0); diffusion_models/" + DPO_XL + " = unet/diffusion_pytorch_model."
+             "safetensors from mhdang/dpo-sdxl-text2image-v1, renamed (diffusers format: UNETLoader converts it)."
+             "\n\nTwo full UNets: twice SDXL's 2.6 B-parameter weights (5 GB more at fp16). rlg_scale 1-3.")
+    # FLUX.1-dev + SRPO: a second full 12 B transformer.
+    out["rlg_flux_srpo"] = flux_text2img(
+        {"type": "UNETLoader", "widgets": {"unet_name": SRPO, "weight_dtype": "default"}},
+        "a portrait photo of an elderly fisherman mending a net on a wooden pier, overcast light",
+        "RLG: FLUX.1-dev + SRPO (a full RL-tuned FLUX transformer). FLUX.1-dev is guidance-distilled: cfg 1, "
+        "FluxGuidance 3.5.\n\nModels: " + FLUX_FILES + "; diffusion_models/" + SRPO + " = diffusion_pytorch_model."
+        "safetensors from tencent/SRPO, renamed (diffusers format: UNETLoader converts it).\n\nMemory: two 12 B "
+        "transformers, 2 x 24 GB at bf16. To halve it, set weight_dtype fp8_e4m3fn on both loaders, or turn SRPO "
+        "into a difference LoRA against flux1-dev with ComfyUI's Extract and Save Lora node and load that with "
+        "LoraLoaderModelOnly (one transformer + the LoRA). rlg_scale 1-3.")
+    # FLUX.1-dev + BoxFlow-GRPO LoRA (PEFT).
+    out["rlg_flux_boxflow_grpo_lora"] = flux_text2img(
+        {"type": "RLGLoraLoaderModelOnly", "widgets": {"lora_name": BOXFLOW, "strength_model": 1.0}},
+        'a chalkboard menu in a cafe that says "SOUP OF THE DAY", a cat sleeping on the counter below it',
+        "RLG: FLUX.1-dev + BoxFlow-GRPO LoRA (fewer artifacts and text-image mismatches). cfg 1, FluxGuidance "
+        "3.5.\n\nModels: " + FLUX_FILES + f"; loras/{BOXFLOW} with its adapter_config.json beside it "
+        "(P1n3/boxflow-grpo-flux-lora; PEFT format, r 64, lora_alpha 128).\n\nLoad LoRA (PEFT aware) maps its "
+        "base_model.model. keys onto ComfyUI's FLUX and applies lora_alpha / r = 2; the stock loader would load none "
+        "of them. The ARR-RPO FLUX LoRA (OpenEnvisionLab/Auto-Rubric-as-Reward, ARR-FLUX.1-dev/) loads the same way."
+        "\nThe LoRA shares the base's weights: one transformer in memory.")
+    # Qwen-Image-Edit + ARR-RPO LoRA (PEFT).
+    out["rlg_qwen_image_edit_arr_rpo"] = qwen_image_edit(
+        ARR_QWEN, "replace the sky with a starry night sky, keep everything else unchanged",
+        "RLG: Qwen-Image-Edit + ARR-RPO LoRA (rubric-rewarded instruction editing). Load your image in Load Image."
+        "\n\nModels: diffusion_models/" + QWEN_EDIT + " (Comfy-Org/Qwen-Image-Edit_ComfyUI); clip/qwen_2.5_vl_7b_"
+        "fp8_scaled.safetensors and vae/qwen_image_vae.safetensors (Comfy-Org/Qwen-Image_ComfyUI); loras/" + ARR_QWEN +
+        " with its adapter_config.json beside it (OpenEnvisionLab/Auto-Rubric-as-Reward, folder ARR-Qwen-Image-Edit/; "
+        "PEFT format, r 32, lora_alpha 64).\n\nThe shift node goes before the RL LoRA loader, so both models carry it. "
+        "The LoRA shares the base's 20 B weights: one transformer in memory.")
+    # Wan 2.2 A14B (Fun InP) + its two reward LoRAs: RLG on each expert.
+    out["rlg_wan22_fun_reward_loras"] = wan22_two_experts(
+        "RLG on Wan 2.2: each expert with its reward LoRA, the high-noise expert for steps 0-10, the low-noise "
+        "expert for 10-20 (two KSamplerAdvanced stages). Image to video from Load Image's picture.\n\nModels: "
+        f"diffusion_models/{WAN_HIGH} and {WAN_LOW} (Comfy-Org/Wan_2.2_ComfyUI_Repackaged, the experts of "
+        "alibaba-pai/Wan2.2-Fun-A14B-InP); clip/umt5_xxl_fp8_e4m3fn_scaled.safetensors and vae/wan_2.1_vae."
+        f"safetensors (Comfy-Org/Wan_2.1_ComfyUI_repackaged); loras/{WAN_REWARD_HIGH} and {WAN_REWARD_LOW} "
+        "(alibaba-pai/Wan2.2-Fun-Reward-LoRAs; the MPS ones work the same; the HPS2.1 one is recommended for the "
+        "low-noise expert). Their alpha is in the file: the stock loader applies them as trained.\n\nEach LoRA "
+        "shares its expert's weights: no second copy of either 14 B expert.")
     # SamplerCustomAdvanced + RLG Guider.
     nodes, links = sd35_text2img(PICKSCORE, "a watercolor painting of a lighthouse in a storm", "blurry",
                                  "RLG Guider + SamplerCustomAdvanced: the same result as CFGGuider on RLG Apply's "

@@ -261,7 +261,7 @@ def module_lora(model, seed: int, fmt: str, rank: int = 4, scale: float = 0.5, a
             continue
         n_out, n_in = weight.shape
         base = prefix + name.replace(".", "_")
-        std = float(weight.float().std()) if weight.device.type != "meta" else 0.05
+        std = float(weight.detach().float().std()) if weight.device.type != "meta" else 0.05
         out[base + ".lora_down.weight"] = torch.randn(rank, n_in, generator=gen)
         out[base + ".lora_up.weight"] = torch.randn(n_out, rank, generator=gen) * scale * std / rank
         out[base + ".alpha"] = torch.tensor(float(rank if alpha is None else alpha))

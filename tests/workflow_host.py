@@ -6,15 +6,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import comfy.sd
 import safetensors.torch
+import tiny_families as tf
 
 import harness as h
 import tiny_models as tm
 from comfy_server import ComfyServer
 from conftest import COMFY_DIR, ROOT
 
-TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes"
+TESTS = Path(__file__).resolve().parent
+TEST_NODES = TESTS / "comfy_test_nodes"
 DEMO_NODES = ROOT / "demo" / "comfy_nodes"
+FAMILY_NODES = "rlg_family_test_nodes"  # tiny_families.TEST_NODES, registered through a package made at start
+
+# The Wan 2.2 workflow's files: tiny Wan2.2-Fun-A14B-InP experts (ComfyUI detects Wan from its weights) and
+# reward LoRAs in VideoX-Fun's format, with alpha.
+WAN_EXPERTS = {"wan2.2_fun_inpaint_high_noise_14B_fp8_scaled.safetensors": 0,
+               "wan2.2_fun_inpaint_low_noise_14B_fp8_scaled.safetensors": 2}
+WAN_REWARD_LORAS = {"Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors": "wan2.2_fun_inpaint_high_noise_14B_fp8_scaled"
+                                                                        ".safetensors",
+                    "Wan2.2-Fun-A14B-InP-low-noise-HPS2.1.safetensors": "wan2.2_fun_inpaint_low_noise_14B_fp8_scaled"
+                                                                       ".safetensors"}
 
 
 def _model_files(models: Path) -> None:
@@ -33,9 +46,24 @@ def _model_files(models: Path) -> None:
     for seed, folder in ((3, "sd3.5m_flow_grpo_pickscore"), (4, "sd3.5m_flow_grpo_text")):
         save(tm.peft_lora_for_sd3(base, seed), models / f"loras/{folder}/adapter_model.safetensors")
         (models / f"loras/{folder}/adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    experts = {}
+    for name, seed in WAN_EXPERTS.items():
+        experts[name] = tf.wan_file_state_dict(seed)
+        save(experts[name], models / "diffusion_models" / name)
+    for name, expert in WAN_REWARD_LORAS.items():
+        model = comfy.sd.load_diffusion_model_state_dict(dict(experts[expert]))
+        save(tf.module_lora(model, 5, "videox", alpha=2.0), models / "loras" / name)
+    # Families too large to load by file at a tiny size: names only, for the /object_info check.
     for placeholder in ("checkpoints/sd_xl_base_1.0.safetensors", "loras/spo_sdxl_4k-p_10ep_lora_webui.safetensors",
                         "clip/clip_g.safetensors", "clip/clip_l.safetensors", "clip/t5xxl_fp16.safetensors",
-                        "diffusion_models/rlg_demo_base.safetensors", "loras/rlg_demo_rl_lora.safetensors"):
+                        "diffusion_models/rlg_demo_base.safetensors", "loras/rlg_demo_rl_lora.safetensors",
+                        "diffusion_models/dpo-sdxl-text2image-v1.safetensors", "diffusion_models/flux1-dev.safetensors",
+                        "diffusion_models/flux1-dev-srpo.safetensors",
+                        "loras/boxflow_grpo_flux/adapter_model.safetensors",
+                        "diffusion_models/qwen_image_edit_fp8_e4m3fn.safetensors",
+                        "loras/arr_rpo_qwen_image_edit/adapter_model.safetensors",
+                        "clip/qwen_2.5_vl_7b_fp8_scaled.safetensors", "clip/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                        "vae/ae.safetensors", "vae/qwen_image_vae.safetensors", "vae/wan_2.1_vae.safetensors"):
         (models / placeholder).parent.mkdir(parents=True, exist_ok=True)
         (models / placeholder).write_bytes(b"")  # listed for validation only, never loaded
 
@@ -49,7 +77,14 @@ def start_workflow_server(work: Path) -> ComfyServer:
     image = Image.new("RGBA", (64, 64), (200, 120, 40, 255))
     image.paste((0, 0, 0, 0), (16, 16, 48, 48))  # transparent square = the inpainting mask
     image.save(work / "input" / "example.png")
+    family_nodes = work / "family_nodes"
+    (family_nodes / FAMILY_NODES).mkdir(parents=True)
+    (family_nodes / FAMILY_NODES / "__init__.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
+        "from tiny_families import TEST_NODES as NODE_CLASS_MAPPINGS  # noqa: E402\n")
     config = work / "extra_model_paths.yaml"
     config.write_text(f"t:\n  base_path: {models}\n  checkpoints: checkpoints\n  diffusion_models: diffusion_models\n"
-                      f"  loras: loras\n  clip: clip\n  custom_nodes: |\n    {TEST_NODES}\n    {DEMO_NODES}\n")
-    return ComfyServer(COMFY_DIR, work, config, ["ComfyUI-RLG", "rlg_test_nodes", "rlg_demo_nodes"]).start()
+                      f"  loras: loras\n  clip: clip\n  vae: vae\n"
+                      f"  custom_nodes: |\n    {TEST_NODES}\n    {DEMO_NODES}\n    {family_nodes}\n")
+    return ComfyServer(COMFY_DIR, work, config,
+                       ["ComfyUI-RLG", "rlg_test_nodes", "rlg_demo_nodes", FAMILY_NODES]).start()
