@@ -35,6 +35,15 @@ PATH = {"flux": "hooks", "qwen_image": "hooks", "wan21": "hooks", "wan22": "hook
         "sdxl": "hooks"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models take milliseconds a step; on a busy 2-core machine torch's second thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _free_models():
     yield
@@ -362,3 +371,45 @@ def test_diffusers_flux_transformer_converts_exactly_at_a_tiny_size():
     rl = tf.build("flux", converted)
     ref = ksample(rl, "flux", steps=2)
     assert h.max_diff(ksample(apply_rlg(base, rl, 1.0, 0, 1), "flux", steps=2), ref) <= h.tolerance(ref)
+
+
+@pytest.mark.parametrize("family, key, values", [("flux", "guidance", (1.5, 5.0)), ("sdxl", "width", (256, 1024))])
+def test_conditioning_the_family_embeds_reaches_both_models(family, key, values, tmp_path):
+    # FLUX.1-dev embeds FluxGuidance's value, SDXL the image size in its ADM vector: both passes get it.
+    base, rl = pair(family, "lora", tmp_path)
+    outs = []
+    for value in values:
+        positive, negative = tf.conds(family, batch=2)
+        for cond in (positive, negative):
+            cond[0][1][key] = value
+        kw = dict(positive=positive, negative=negative, steps=2)
+        ref = ksample(rl, family, **kw)
+        assert h.max_diff(ksample(apply_rlg(base, rl, 1.0, 0, 1), family, **kw), ref) <= h.tolerance(ref)
+        outs.append(ref)
+    assert h.max_diff(*outs) > 1e-3, f"the tiny {family} ignores {key}"
+
+
+# -- A second full model, made small: a difference LoRA from ComfyUI's own extraction node ---------------
+
+@pytest.mark.parametrize("bias_diff", [False, True])
+def test_difference_lora_from_comfyuis_extract_node_runs_on_the_shared_module(bias_diff):
+    # What a user can do about a second 12 B FLUX transformer (SRPO): ModelMergeSubtract (RL - base) into
+    # Extract and Save Lora (LoraSave), then LoraLoaderModelOnly on the base. The LoRA approximates the RL
+    # model (rank, fp16, the extractor clips its largest 1 %); RLG with it is exact for that LoRA model, on the
+    # hooks where the LoRA is plain (bias_diff off) and with weight functions for the bias differences.
+    from comfy_extras.nodes_lora_extract import LORAType, calc_lora_model
+    from comfy_extras.nodes_model_merging import ModelSubtract
+
+    base = tf.load("flux")
+    tuned = {k: v + (0.3 * v.std() * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
+                     if v.ndim == 2 or k.endswith(".bias") else 0) for k, v in tf.state_dict("flux").items()}
+    full_rl = tf.build("flux", tuned)
+    (difference,) = ModelSubtract().merge(full_rl, base, 1.0)
+    lora = calc_lora_model(difference, 64, "diffusion_model.", "diffusion_model.", {}, LORAType.STANDARD, bias_diff)
+    rl = tf.load_lora(base, lora)
+    patched = apply_rlg(base, rl, 1.0, 0, 1)
+    assert h.rlg_wrapper(patched).terms[0].pair.delta.hooks_only == (not bias_diff)
+    ref_rl, ref_full, ref_base = ksample(rl, "flux", steps=2), ksample(full_rl, "flux", steps=2), \
+        ksample(base, "flux", steps=2)
+    assert h.max_diff(ksample(patched, "flux", steps=2), ref_rl) <= h.tolerance(ref_rl)
+    assert h.max_diff(ref_rl, ref_full) < 0.5 * h.max_diff(ref_base, ref_full)  # most of the RL model's change
