@@ -71,14 +71,19 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Print the measured w=0 / w=1 identity differences, so a run records them."""
+    """Print the measured w=0 / w=1 identity differences and the reliability figures, so a run records them."""
     diffs = getattr(sys.modules.get("harness"), "IDENTITY_DIFFS", None)
-    if not diffs:
-        return
-    terminalreporter.section("RLG identities: max |RLG(w=0) - base|, |RLG(w=1) - RL| per case")
-    for case, diff in sorted(diffs.items()):
-        terminalreporter.write_line(f"{case:45s} {diff:.3e}")
-    terminalreporter.write_line(f"{'overall max':45s} {max(diffs.values()):.3e}")
+    if diffs:
+        terminalreporter.section("RLG identities: max |RLG(w=0) - base|, |RLG(w=1) - RL| per case")
+        for case, diff in sorted(diffs.items()):
+            terminalreporter.write_line(f"{case:45s} {diff:.3e}")
+        terminalreporter.write_line(f"{'overall max':45s} {max(diffs.values()):.3e}")
+    reliability = sys.modules.get("reliability_host")  # tests/test_reliability.py
+    lines = reliability.summary_lines() if reliability is not None else []
+    if lines:
+        terminalreporter.section(f"RLG reliability (ComfyUI {comfy_version()})")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,18 @@
 
 RLGTestConditioning gives seeded conditioning for the tiny test models, so the server tests need
 no text encoder. It makes exactly what tests/tiny_models.tiny_conds makes in-process.
+
+RLGTestProbe and RLGTestFailingModel serve tests/test_reliability.py: the first reports what the
+server holds (loaded models, hooks and weights of a model, live tensors, resident memory), the second
+returns a model whose forward raises after a given number of calls.
 """
 
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import reliability_probe  # noqa: E402
 
 import tiny_models  # noqa: E402
 
@@ -30,4 +36,68 @@ class RLGTestConditioning:
         return tiny_models.tiny_conds(family, batch_size, seed)
 
 
-NODE_CLASS_MAPPINGS = {"RLGTestConditioning": RLGTestConditioning}
+class RLGTestProbe:
+    """Reports, in the prompt's /history outputs, what the server holds right now (runs every time)."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ()
+    FUNCTION = "probe"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"census": ("BOOLEAN", {"default": False})},
+            "optional": {"model": ("MODEL",), "track": ("STRING", {"default": ""})},
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")
+
+    def probe(self, census, model=None, track=""):
+        report = {"rss_kb": reliability_probe.rss_kb(), "loaded": reliability_probe.loaded_models()}
+        if model is not None:
+            report["model"] = reliability_probe.model_state(model)
+            if track:
+                reliability_probe.track(track, model)
+        report["tracked_alive"] = reliability_probe.tracked_alive()
+        if census:
+            report["census"] = reliability_probe.live_census()
+        return {"ui": {"probe": [report]}}
+
+
+class RLGTestFailingModel:
+    """The model, whose forward raises (inside its second transformer block) from call `fail_at` on."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "fail_at": ("INT", {"default": 1, "min": 1, "max": 10000})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # a fresh call counter for every prompt
+
+    def patch(self, model, fail_at):
+        calls = [0]
+
+        def block(args, extra):
+            calls[0] += 1
+            if calls[0] >= fail_at:
+                raise RuntimeError(f"RLG test: this model's forward fails on purpose (call {calls[0]})")
+            return extra["original_block"](args)
+
+        patched = model.clone()
+        patched.set_model_patch_replace(block, "dit", "double_block", 1)
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "RLGTestConditioning": RLGTestConditioning,
+    "RLGTestProbe": RLGTestProbe,
+    "RLGTestFailingModel": RLGTestFailingModel,
+}
