@@ -6,7 +6,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from .apply import apply_rlg_spec
-from .rlg_math import SCALE_LIMIT, SCHEDULE_SHAPES, TermSpec
+from .rlg_math import SCALE_LIMIT, SCHEDULE_SHAPES, RLGInputError, TermSpec
 
 CATEGORY = "model_patches/rlg"
 
@@ -77,6 +77,8 @@ def ramp_inputs() -> list:
 
 def term_spec(rlg_scale, start_percent, end_percent, schedule="constant", end_scale=1.0, rl_cfg=0.0) -> TermSpec:
     """The node inputs as one RL model's settings (rl_cfg 0 = the sampler's cfg)."""
+    if schedule not in SCHEDULE_SHAPES:  # ComfyUI before 0.8 does not check a V3 node's combo values itself
+        raise RLGInputError(f"schedule is {schedule!r}; it must be one of {', '.join(SCHEDULE_SHAPES)}.")
     return TermSpec(rlg_scale, start_percent, end_percent, schedule,
                     None if schedule == "constant" else end_scale, None if rl_cfg == 0 else rl_cfg)
 
