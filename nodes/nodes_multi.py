@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .apply import apply_rlg_terms
+from .apply import apply_rlg_terms, check_term
 from .nodes_rlg import CATEGORY, cfg_guider, cfg_input, ramp_inputs, term_inputs, term_spec
 
 RLModels = io.Custom("RLG_RL_MODELS")
@@ -48,8 +48,9 @@ class RLGRLModel(io.ComfyNode):
     @classmethod
     def execute(cls, rl_model, rlg_scale, start_percent, end_percent, schedule="constant", end_scale=1.0,
                 rl_cfg=0.0, rl_models=None) -> io.NodeOutput:
-        term = (rl_model, term_spec(rlg_scale, start_percent, end_percent, schedule, end_scale, rl_cfg))
-        return io.NodeOutput((*(rl_models or ()), term))  # a new tuple: the input list stays as it was
+        spec = term_spec(rlg_scale, start_percent, end_percent, schedule, end_scale, rl_cfg)
+        check_term(spec)  # refused here, by this node, not later by the Apply node as "RL model <i>"
+        return io.NodeOutput((*(rl_models or ()), (rl_model, spec)))  # a new tuple: the input list stays as it was
 
 
 def _base_input() -> io.Model.Input:

@@ -372,8 +372,10 @@ BAD_INPUTS = [
     ("rl_model linked to conditioning", "separate", {"3": {"rl_model": ["4", 0]}}, V, "3", "RLGApply", ["rl_model"]),
     ("RL model of another family", "separate", {"2": {"unet_name": rh.SD15}}, X, "3", "RLGApply",
      ["rl_model", "SD15", "SD3"]),
-    ("RL model 1 rlg_scale NaN (several RL models)", "multi", {"9": {"rlg_scale": math.nan}}, X, "3",
-     "RLGApplyMulti", ["RL model 1", "rlg_scale"]),
+    ("rlg_scale NaN on an RLG RL Model", "multi", {"9": {"rlg_scale": math.nan}}, X, "9", "RLGRLModel",
+     ["rlg_scale", "finite"]),
+    ("start_percent after end_percent on an RLG RL Model", "multi", {"9": {"start_percent": 0.9, "end_percent": 0.1}},
+     X, "9", "RLGRLModel", ["start_percent", "end_percent"]),
     ("LoRA matching no key (PEFT-aware loader)", "peft", {"2": {"lora_name": rh.LORA_SD15}}, X, "2",
      "RLGLoraLoaderModelOnly", ["lora_name", rh.LORA_SD15]),
     ("LoRA matching no key (stock loader)", "lora", {"2": {"lora_name": rh.LORA_SD15}}, X, "3", "RLGApply",
@@ -444,6 +446,22 @@ def test_bad_input_is_refused_by_name_and_the_server_keeps_serving(server, refs,
     good = "peft" if form == "multi" else form
     assert_exact(server, refs, rh.graph(good, scale=0.8, seed=next(SEED), prefix="rel/good"), f"after {name}")
     rh.RESULTS["bad_inputs"].append((name, kind, message))
+
+
+def test_an_rlg_rl_model_node_refuses_its_own_bad_inputs():
+    """With several RL models, a bad value was refused only by the Apply node, as 'RL model <i>': the user had to
+    count the chain to find it. The RLG RL Model node that holds it now refuses it."""
+    import harness as h
+    from comfyui_rlg.nodes.nodes_multi import RLGRLModel
+    from comfyui_rlg.nodes.rlg_math import RLGInputError
+
+    rl = h.load_model("sd3", rl_seed=1)
+    for args, words in (((math.nan, 0.0, 1.0), "rlg_scale is nan"), ((1.5, 0.8, 0.2), "start_percent"),
+                        ((1.5, 0.0, 1.0, "linear", math.inf), "end_scale"), ((1.5, 0.0, 1.0, "constant", 1.0, -1.0),
+                                                                              "rl_cfg")):
+        with pytest.raises(RLGInputError, match=words):
+            RLGRLModel.execute(rl, *args)
+    assert len(RLGRLModel.execute(rl, 1.5, 0.0, 1.0).args[0]) == 1
 
 
 def test_combo_values_not_in_the_list_are_refused_by_the_rlg_node_itself(tmp_path):
