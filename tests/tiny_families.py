@@ -21,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import comfy.lora
 import comfy.model_detection
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
+import comfy.utils
 import torch
 
 FAMILIES = ("flux", "qwen_image", "wan21", "wan22", "wan22_5b", "sdxl")
@@ -190,7 +190,9 @@ def conds(family: str, batch: int = 1, seed: int = 0, size: int = 8):
 
 # -- LoRAs in each family's published format -------------------------------------------------------
 
-# The layers the published RL LoRAs train, in diffusers names (PEFT target_modules).
+# The layers the published RL LoRAs train, in diffusers names (PEFT target_modules): BoxFlow-GRPO's and ARR-RPO's
+# attention and feed-forward layers (PEFT matches to_q, to_k, to_v in the single-stream blocks too), plus the
+# single-stream MLP layers that all-linear LoRAs add (proj_mlp is a slice of linear1 as well).
 FLUX_PEFT_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
                      "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
                      "ff_context.net.2", "proj_mlp", "proj_out")
@@ -205,8 +207,6 @@ def diffusers_layers(model, family: str) -> dict[str, tuple[str, tuple | None]]:
     single-stream block are slices of its fused linear1, a double block's q, k, v slices of its qkv.
     Qwen-Image: ComfyUI's module names are the diffusers names.
     """
-    import comfy.utils
-
     out = {}
     if family == "flux":
         mapping = comfy.utils.flux_to_diffusers(model.model.model_config.unet_config, output_prefix="diffusion_model.")
@@ -323,8 +323,6 @@ def to_diffusers_flux(model, state_dict: dict[str, torch.Tensor]) -> dict[str, t
     The inverse of ComfyUI's own map (comfy.utils.flux_to_diffusers): fused qkv / linear1 split into their
     slices, the final modulation's scale and shift swapped back.
     """
-    import comfy.utils
-
     out = {}
     for name, target in comfy.utils.flux_to_diffusers(model.model.model_config.unet_config).items():
         key = target if isinstance(target, str) else target[0]
