@@ -353,10 +353,14 @@ class RLRowsForward:
     of the model and its own share of the rows (newest ComfyUI's multi-GPU split).
     """
 
-    def __init__(self, deltas: dict[int, RLDelta], term_of_cond: Callable[[int], int], notify: Callable[[str], None]):
+    def __init__(self, deltas: dict[int, RLDelta], term_of_cond: Callable[[int], int], notify: Callable[[str], None],
+                 on_shared_misfit: Callable[[int], None] | None = None):
         self.deltas = deltas
         self.term_of_cond = term_of_cond
         self.notify = notify
+        # Told when a hook could not pick this term's rows out of a shared forward (the layer does not keep
+        # the batch first): its rows are better off in a forward of their own from then on.
+        self.on_shared_misfit = on_shared_misfit
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
@@ -385,6 +389,9 @@ class RLRowsForward:
     def _make_exact(self, executor, args, kwargs, model, a: Assignment, out: torch.Tensor,
                     tally: _Tally) -> torch.Tensor:
         """Re-run this RL model's rows the exact way where the forward's tally shows a layer missed."""
+        if a.rows is not None and self.on_shared_misfit is not None and \
+                any(layer.key in tally.misfit for layer in a.delta.runnable):
+            self.on_shared_misfit(a.term)
         ways, redo = _escalate(a.delta, a.ways, tally)
         for _ in range(2):  # hook -> function -> swap, at most two re-runs
             if not redo:

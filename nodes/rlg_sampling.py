@@ -146,6 +146,7 @@ class RLGCondBatchWrapper:
         self._rows_key = f"rlg_rl_rows_{id(self):x}"
         self._late_patches_checked_for: int | None = None  # id of the sampled patcher last checked
         self._notified: set[str] = set()
+        self._solo: set[int] = set()  # LoRA terms whose rows a hook could not pick out of a shared forward
         # The sampler passes the same model_options dict at every step of a run: build each RL model's
         # options, and the sigma -> percent table, once per dict, not once per step.
         self._run_options: dict | None = None
@@ -222,8 +223,8 @@ class RLGCondBatchWrapper:
         separate = [k for k, _ in plan.terms if self.terms[k].pair.mode == "separate"]
         together = []
         if self.batched and _batchable(model_options):
-            together = [k for k in shared
-                        if not self.terms[k].pair.own_options and self.terms[k].pair.delta.hooks_only]
+            together = [k for k in shared if k not in self._solo
+                        and not self.terms[k].pair.own_options and self.terms[k].pair.delta.hooks_only]
         if len(together) + run_base < 2:
             together = []
         base_out, rl_out = None, {}
@@ -258,7 +259,7 @@ class RLGCondBatchWrapper:
     def _shared_forward(self, executor, model, conds, x_in, timestep, model_options, deltas, term_of_cond,
                         own_options: int | None):
         """A forward of the base's module where the rows of each RL model get its delta (rl_delta.py)."""
-        rows = RLRowsForward(deltas, term_of_cond, self._notify)
+        rows = RLRowsForward(deltas, term_of_cond, self._notify, on_shared_misfit=lambda term: self._solo.add(term - 1))
         if own_options is None:  # the RL model needs nothing but its weights: the base's own chain
             return executor(model, conds, x_in, timestep, _with_apply_wrapper(model_options, self._rows_key, rows))
         options = dict(self.rl_model_options(model_options, own_options))
