@@ -183,6 +183,34 @@ def grid_graph(w1: float, w2: float, samples: int, seed: int, prefix: str) -> di
     return graph
 
 
+SWEEP_SCALES = "0, 0.5, 1, 1.5, 2, 3"
+
+
+def sweep_grid_graph(scales: str, per_scale: int, seed: int, prefix: str) -> dict:
+    """RLG Scale Sweep on the demo pair (example_workflows/rlg_demo_sweep.json), its images in one grid."""
+    graph = rlg_graph(1.0, per_scale, seed, prefix)
+    graph["3"] = {"class_type": "RLGScaleSweep", "inputs": {"model": ["1", 0], "rl_model": ["2", 0],
+                                                            "latent": ["5", 0], "scales": scales,
+                                                            "start_percent": 0.0, "end_percent": 1.0}}
+    graph["6"]["inputs"]["latent_image"] = ["3", 1]
+    graph["8"] = {"class_type": "RLGDemoDecode", "inputs": {"samples": ["6", 0], "pixels": 64}}
+    graph["9"] = {"class_type": "RLGSweepGrid", "inputs": {"images": ["8", 0], "scales": scales}}
+    graph["10"] = {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": prefix}}
+    return graph
+
+
+def sweep_grid_picture(server: ComfyServer, path: Path, per_scale: int = 4, seed: int = 1,
+                       scales: str = SWEEP_SCALES) -> Path:
+    """One queue through RLG Scale Sweep: per_scale samples per scale from the same noises, one grid PNG."""
+    entry = server.run_prompt(sweep_grid_graph(scales, per_scale, seed, "rlg_demo/sweep_grid"))
+    if entry["status"]["status_str"] != "success":
+        raise RuntimeError(f"ComfyUI could not run the sweep graph: {entry['status']}\n{server.log()}")
+    (info,) = entry["outputs"]["10"]["images"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((server.output_dir / info["subfolder"] / info["filename"]).read_bytes())
+    return path
+
+
 def _run(server: ComfyServer, graph: dict) -> tuple[torch.Tensor, float]:
     import comfy.latent_formats
 
@@ -365,7 +393,7 @@ def summary(rows: list[SweepRow], grid: list[GridRow], manifest: dict, out_dir: 
         lines.append("predicted: the base's shares tilted by exp(w_1 r_1 / beta + w_2 r_2 / beta).")
     lines += [
         f"outputs in {out_dir}: sweep.csv, rlg_dial.png, samples.png, grid.csv, rlg_two_dials.png,",
-        f"  grid_samples.png   (total {total_seconds:.0f} s)",
+        f"  grid_samples.png, sweep_grid.png   (total {total_seconds:.0f} s)",
         f"models in {COMFY_DIR / 'models'}: diffusion_models/{BASE_FILE}, diffusion_models/{RL_FILE},",
         f"  loras/{LORA_FILE}, loras/{LORA2_FILE}. To use them in the front-end: make demo-server, open",
         "  http://127.0.0.1:8188 and load the template ComfyUI-RLG > rlg_demo (example_workflows/rlg_demo.json).",
@@ -389,6 +417,7 @@ def run(models_dir: Path, out_dir: Path, work_dir: Path, config: train.TrainConf
     try:
         rows = sweep(server, scales, samples, seed, config.beta, quiet)
         grid = grid_sweep(server, grid_scales, samples, seed, (config.beta, config.beta), quiet) if grid_scales else []
+        sweep_grid_picture(server, out_dir / "sweep_grid.png", seed=seed)
     finally:
         server.stop()
     out_dir.mkdir(parents=True, exist_ok=True)

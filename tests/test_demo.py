@@ -198,19 +198,35 @@ def test_two_dial_grid_through_comfyui_at_small_size(tiny_run):
 
 
 @pytest.mark.server
+def test_scale_sweep_grid_picture_from_the_demo_models(tiny_run):
+    from PIL import Image
+
+    _, _, out = tiny_run
+    grid = Image.open(out / "sweep_grid.png")
+    # 6 scales across, 4 samples per scale down, each a 64-pixel picture with a label strip under it
+    assert grid.size[0] > 6 * 64 and grid.size[1] > 4 * 64 and grid.size[0] < 6 * 80 and grid.size[1] < 4 * 100
+
+
+@pytest.mark.server
 def test_demo_example_workflow_runs(tiny_models, tmp_path):
     models, _ = tiny_models
     paths = tmp_path / "extra_model_paths.yaml"
     paths.write_text(f"t:\n  base_path: {models}\n  diffusion_models: diffusion_models\n  loras: loras\n"
                      f"  custom_nodes: {run_demo.DEMO_NODES}\n")
-    graph = json.loads((Path(__file__).parent / "workflows_api" / "rlg_demo.json").read_text())
+    api = Path(__file__).parent / "workflows_api"
+    graph = json.loads((api / "rlg_demo.json").read_text())
     graph["5"]["inputs"]["batch_size"] = 2
+    sweep = json.loads((api / "rlg_demo_sweep.json").read_text())
     server = ComfyServer(COMFY_DIR, tmp_path / "work", paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
     try:
         templates = server.get("/workflow_templates")
         entry = server.run_prompt(graph)
+        swept = server.run_prompt(sweep)
     finally:
         server.stop()
-    assert "rlg_demo" in templates.get("ComfyUI-RLG", []), templates
+    assert {"rlg_demo", "rlg_demo_sweep"} <= set(templates.get("ComfyUI-RLG", [])), templates
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert len(entry["outputs"]["8"]["images"]) == 2
+    assert swept["status"]["status_str"] == "success", swept["status"]
+    (grid_id,) = [k for k, v in sweep.items() if v["class_type"] in ("PreviewImage", "SaveImage")]
+    assert len(swept["outputs"][grid_id]["images"]) == 1  # the sweep's images, as one grid picture
