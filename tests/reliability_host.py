@@ -188,14 +188,13 @@ def two_rlg_graph(a: dict, b: dict) -> dict:
     return out
 
 
-def probe_graph(census: bool = False, models: dict[str, dict] | None = None, extra: dict | None = None) -> dict:
+def probe_graph(census: bool = False, models: dict[str, dict] | None = None) -> dict:
     """RLGTestProbe nodes: one with no model (p), and one per {label: loader node} inspecting and tracking it."""
     g = {"p": {"class_type": "RLGTestProbe", "inputs": {"census": census}}}
     for label, loader in (models or {}).items():
         g[f"L{label}"] = loader
         g[f"p{label}"] = {"class_type": "RLGTestProbe", "inputs": {"census": False, "model": [f"L{label}", 0],
                                                                   "track": label}}
-    g.update(extra or {})
     return g
 
 
@@ -297,8 +296,6 @@ class ReferenceProcess:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1)
         self._answers: dict[str, dict] = {}
         self._count = 0
-        self.graphs = 0
-        self.seconds = 0.0
 
     def submit(self, prompt: dict) -> str:
         self._count += 1
@@ -318,11 +315,9 @@ class ReferenceProcess:
                 self._answers[answer["id"]] = answer
             if time.time() - start > timeout:
                 raise TimeoutError(f"no reference for {ticket} in {timeout}s")
-        self.seconds += time.time() - start
         answer = self._answers[ticket]
         if "error" in answer:
             raise AssertionError(f"the reference process could not sample the graph:\n{answer['error']}")
-        self.graphs += 1
         return safetensors.torch.load_file(self.out / f"{ticket}.safetensors")
 
     def sample(self, prompt: dict) -> dict[str, torch.Tensor]:
