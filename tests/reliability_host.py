@@ -18,12 +18,12 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from reliability_probe import weights_digest
 
 import harness as h
 import tiny_models as tm
 from comfy_server import ComfyServer
 from conftest import COMFY_DIR
+from reliability_probe import weights_digest
 
 TESTS = Path(__file__).resolve().parent
 TEST_NODES = TESTS / "comfy_test_nodes"

@@ -15,10 +15,10 @@ import comfy.sample
 import comfy.samplers
 import pytest
 import safetensors.torch
-import tiny_families as tf
 import torch
 
 import harness as h
+import tiny_families as tf
 from comfyui_rlg.nodes.apply import apply_rlg
 from comfyui_rlg.nodes.nodes_lora import load_peft_aware
 from comfyui_rlg.nodes.rlg_math import RLGInputError

@@ -26,9 +26,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-import reliability_host as rh
 import torch
 
+import reliability_host as rh
 from conftest import ROOT
 
 server_test = pytest.mark.server

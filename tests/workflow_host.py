@@ -8,9 +8,9 @@ from pathlib import Path
 
 import comfy.sd
 import safetensors.torch
-import tiny_families as tf
 
 import harness as h
+import tiny_families as tf
 import tiny_models as tm
 from comfy_server import ComfyServer
 from conftest import COMFY_DIR, ROOT

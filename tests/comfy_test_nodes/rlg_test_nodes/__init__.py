@@ -14,7 +14,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import reliability_probe  # noqa: E402
-
 import tiny_models  # noqa: E402
 
 
