@@ -46,6 +46,7 @@ WRAPPER_KEY = "rlg"
 
 # Per-sampling-run entries that must follow the step, never the base model's own set.
 _PATCHER_OWNED = ("wrappers", "callbacks")
+QWEN_PREFIX_CACHE = "qwen_image21_cache"
 # Newest ComfyUI's multi-GPU split: which module copy runs on which device, for one model.
 _MULTIGPU_KEYS = ("multigpu_clones", "multigpu_thread_pool", "multigpu_options")
 
@@ -363,6 +364,11 @@ def install(patcher: Any, wrapper: RLGCondBatchWrapper) -> None:
         patcher.set_additional_models(
             ADDITIONAL_MODELS_KEY, patcher.get_additional_models_with_key(ADDITIONAL_MODELS_KEY) + separate
         )
+    if any(term.pair.mode == "shared" for term in wrapper.terms):
+        # Newest ComfyUI's Qwen-Image 2.1 keeps text and reference K/V across steps, keyed on the inputs alone:
+        # on a module shared by the base and RL passes, one pass would reuse what the other computed, the RL
+        # part missing (or added) on those tokens. Its documented switch turns that cache off for this model.
+        patcher.model_options.setdefault("transformer_options", {})[QWEN_PREFIX_CACHE] = {"device": "off"}
     if wrapper.branch_cfg is not None:
         options = patcher.model_options
         options["sampler_pre_cfg_function"] = [wrapper.branch_cfg, *options.get("sampler_pre_cfg_function", [])]

@@ -205,3 +205,16 @@ def test_rl_pass_that_cannot_be_made_exact_stops_with_a_clear_error():
     layer.module_name = layer.module_name + "_gone"
     with pytest.raises(RLGRuntimeError, match="has no layer"):
         h.ksample(patched, steps=2)
+
+
+def test_caches_keyed_on_inputs_alone_are_off_for_a_shared_module():
+    # Newest ComfyUI's Qwen-Image 2.1 caches text/reference K/V across steps keyed on the inputs only, so the
+    # base and RL passes of one shared module would reuse each other's; RLG switches it off where it matters.
+    from comfyui_rlg.nodes.rlg_sampling import QWEN_PREFIX_CACHE
+
+    base = h.load_model("sd3")
+    shared = apply_rlg(base, h.with_lora(base), 1.5, 0, 1)
+    assert shared.model_options["transformer_options"][QWEN_PREFIX_CACHE] == {"device": "off"}
+    separate = apply_rlg(base, h.load_model("sd3", rl_seed=1), 1.5, 0, 1)  # two modules, two caches: left on
+    assert QWEN_PREFIX_CACHE not in separate.model_options.get("transformer_options", {})
+    assert QWEN_PREFIX_CACHE not in base.model_options.get("transformer_options", {})  # the input is unchanged
