@@ -153,7 +153,7 @@ def test_every_workflow_runs_here_or_says_why_not():
 
 # The test node that stands in for a family's text encoder, and the family it is given.
 CONDITIONING = {"sd3": ("RLGTestConditioning", "sd3"), "sd15": ("RLGTestConditioning", "sd15"),
-                "wan": ("RLGFamilyConditioning", "wan_file")}
+                "wan": ("RLGTestConditioning", "wan_file")}
 
 
 def stand_in_graph(graph: dict, family: str, prefix: str) -> dict:

@@ -354,23 +354,3 @@ def wan_conds(batch: int = 1, seed: int = 0, context: int = 4096):
     """Conditioning for the by-file Wan stand-ins (4096-wide umT5 context)."""
     gen = torch.Generator().manual_seed(seed)
     return tuple([[torch.randn(batch, 8, context, generator=gen), {}]] for _ in range(2))
-
-
-class RLGFamilyConditioning:
-    """Test-only node (workflow tests): seeded conditioning for a family's tiny stand-in, no text encoder."""
-
-    CATEGORY = "testing"
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
-    FUNCTION = "make"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"family": (["wan_file"],), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
-                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64})}}
-
-    def make(self, family, seed, batch_size):
-        return wan_conds(batch_size, seed)
-
-
-TEST_NODES = {"RLGFamilyConditioning": RLGFamilyConditioning}

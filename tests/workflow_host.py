@@ -18,7 +18,6 @@ from conftest import COMFY_DIR, ROOT
 TESTS = Path(__file__).resolve().parent
 TEST_NODES = TESTS / "comfy_test_nodes"
 DEMO_NODES = ROOT / "demo" / "comfy_nodes"
-FAMILY_NODES = "rlg_family_test_nodes"  # tiny_families.TEST_NODES, registered through a package made at start
 
 # The Wan 2.2 workflow's files: tiny Wan2.2-Fun-A14B-InP experts (ComfyUI detects Wan from its weights) and
 # reward LoRAs in VideoX-Fun's format, with alpha.
@@ -77,14 +76,8 @@ def start_workflow_server(work: Path) -> ComfyServer:
     image = Image.new("RGBA", (64, 64), (200, 120, 40, 255))
     image.paste((0, 0, 0, 0), (16, 16, 48, 48))  # transparent square = the inpainting mask
     image.save(work / "input" / "example.png")
-    family_nodes = work / "family_nodes"
-    (family_nodes / FAMILY_NODES).mkdir(parents=True)
-    (family_nodes / FAMILY_NODES / "__init__.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
-        "from tiny_families import TEST_NODES as NODE_CLASS_MAPPINGS  # noqa: E402\n")
     config = work / "extra_model_paths.yaml"
     config.write_text(f"t:\n  base_path: {models}\n  checkpoints: checkpoints\n  diffusion_models: diffusion_models\n"
                       f"  loras: loras\n  clip: clip\n  vae: vae\n"
-                      f"  custom_nodes: |\n    {TEST_NODES}\n    {DEMO_NODES}\n    {family_nodes}\n")
-    return ComfyServer(COMFY_DIR, work, config,
-                       ["ComfyUI-RLG", "rlg_test_nodes", "rlg_demo_nodes", FAMILY_NODES]).start()
+                      f"  custom_nodes: |\n    {TEST_NODES}\n    {DEMO_NODES}\n")
+    return ComfyServer(COMFY_DIR, work, config, ["ComfyUI-RLG", "rlg_test_nodes", "rlg_demo_nodes"]).start()

@@ -26,12 +26,16 @@ class RLGTestConditioning:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "family": (["sd3", "sd15"],),
+            "family": (["sd3", "sd15", "wan_file"],),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
         }}
 
     def make(self, family, seed, batch_size):
+        if family == "wan_file":  # the by-file Wan stand-ins of the workflow tests (tests/tiny_families.py)
+            import tiny_families
+
+            return tiny_families.wan_conds(batch_size, seed)
         return tiny_models.tiny_conds(family, batch_size, seed)
 
 
