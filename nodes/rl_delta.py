@@ -121,19 +121,21 @@ class LayerDelta:
         """out += scale * up @ (down @ x) for each patch, on its output features, in the given rows."""
         key = (x.device, x.dtype)
         terms = self._cast.get(key)
-        if terms is None:  # one copy per device and dtype; threads may race to make it, harmlessly
-            terms = [(p.up.to(x.device, x.dtype), p.down.to(x.device, x.dtype), p.scale, p.out_slice)
+        if terms is None:  # one copy per device and dtype, the scale folded into up; threads may race, harmlessly
+            terms = [((p.up * p.scale).to(x.device, x.dtype), p.down.to(x.device, x.dtype), p.out_slice)
                      for p in self.lowrank]
             self._cast[key] = terms
         if rows is not None:
             x = x[rows]
-        for up, down, scale, out_slice in terms:
-            term = torch.nn.functional.linear(torch.nn.functional.linear(x, down), up) * scale
+        for up, down, out_slice in terms:
+            hidden = torch.nn.functional.linear(x, down)
             view = out if out_slice is None else out[..., out_slice[0]:out_slice[0] + out_slice[1]]
-            if rows is None:
-                view.add_(term)
+            if rows is None and view.is_contiguous():  # out += hidden @ up.T in one fused kernel, no temporary
+                view.view(-1, view.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), up.t())
+            elif rows is None:
+                view.add_(torch.nn.functional.linear(hidden, up))
             else:
-                view[rows] += term
+                view[rows] += torch.nn.functional.linear(hidden, up)
 
     def patched(self, weight: torch.Tensor) -> torch.Tensor:
         """weight with the RL patches applied, as ComfyUI applies them (in float32, back to its dtype)."""
