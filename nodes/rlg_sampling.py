@@ -336,14 +336,17 @@ def _separate_multigpu(model_options: dict, rl: Any) -> dict:
     clones = model_options.get("multigpu_clones")
     if not clones:
         return {}
-    uuid = getattr(rl, "clone_base_uuid", None)
+    # A GPU's copy is the RL model's only if it comes from the same loaded model (clone_base_uuid) with the
+    # same patches (patches_uuid): ComfyUI merges copies by clone_base_uuid alone, so two RL models cloned
+    # from one checkpoint with different LoRAs can share one copy per GPU, carrying the first one's patches.
+    ids = (getattr(rl, "clone_base_uuid", None), getattr(rl, "patches_uuid", None))
     mapping = {}
     for device, base_copy in clones.items():
         if base_copy.model is rl.model or device == rl.load_device:
             mapping[device] = rl
             continue
         found = [m for m in base_copy.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
-                 if uuid is not None and getattr(m, "clone_base_uuid", None) == uuid]
+                 if None not in ids and (getattr(m, "clone_base_uuid", None), getattr(m, "patches_uuid", None)) == ids]
         if len(found) != 1:
             return {}
         mapping[device] = found[0]

@@ -218,3 +218,29 @@ def test_caches_keyed_on_inputs_alone_are_off_for_a_shared_module():
     separate = apply_rlg(base, h.load_model("sd3", rl_seed=1), 1.5, 0, 1)  # two modules, two caches: left on
     assert QWEN_PREFIX_CACHE not in separate.model_options.get("transformer_options", {})
     assert QWEN_PREFIX_CACHE not in base.model_options.get("transformer_options", {})  # the input is unchanged
+
+
+def test_separate_rl_model_uses_each_gpus_copy_only_when_it_is_that_model():
+    # Newest ComfyUI's multi-GPU split hands model_options["multigpu_clones"] = {device: that GPU's copy of the
+    # base}, and copies the base's additional models (the RL model) to every GPU, merged by clone_base_uuid.
+    # The RL pass uses those copies when each is the RL model (same loaded model, same patches); otherwise it
+    # runs whole on the main device (no split in its options). Built here from real patchers (the host has no
+    # multi-GPU split); the ids are what newest ComfyUI's clone() copies.
+    from comfyui_rlg.nodes.model_pair import ADDITIONAL_MODELS_KEY
+    from comfyui_rlg.nodes.rlg_sampling import _separate_multigpu
+
+    base, rl = h.load_model("sd3"), h.load_model("sd3", rl_seed=1)
+    patched = apply_rlg(base, rl, 1.5, 0, 1)
+    rl.clone_base_uuid, rl.patches_uuid = "rl-file", "rl-patches"
+    rl_on_gpu1 = rl.clone()
+    rl_on_gpu1.clone_base_uuid, rl_on_gpu1.patches_uuid = "rl-file", "rl-patches"
+    base_on_gpu1 = patched.clone()
+    base_on_gpu1.set_additional_models(ADDITIONAL_MODELS_KEY, [rl_on_gpu1])
+    gpu1, pool = torch.device("cuda", 1), object()
+    options = {"multigpu_clones": {rl.load_device: patched, gpu1: base_on_gpu1}, "multigpu_thread_pool": pool}
+    split = _separate_multigpu(options, rl)
+    assert split["multigpu_clones"] == {rl.load_device: rl, gpu1: rl_on_gpu1} and split["multigpu_thread_pool"] is pool
+    assert rl_on_gpu1.model.current_patcher is rl_on_gpu1  # pre_run: the core does not run it for these copies
+    rl_on_gpu1.patches_uuid = "another RL model's patches"  # ComfyUI merged two RL models' copies into one
+    assert _separate_multigpu(options, rl) == {}
+    assert _separate_multigpu({}, rl) == {}
