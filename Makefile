@@ -20,14 +20,16 @@ lint: setup
 
 ## demo: train the tiny base/RL pair (cached), turn the RLG dial through ComfyUI, write out/demo/
 demo: setup
-	$(PY) demo/run_demo.py
+	$(PY) -m demo.run_demo
 
 ## demo-server: ComfyUI with the pack and the demo prompt node on http://127.0.0.1:8188 (after make demo)
 demo-server: setup
-	cd .comfy-host/ComfyUI && ../venv/bin/python main.py --cpu --listen 127.0.0.1 --port 8188 \
-		--extra-model-paths-config $(CURDIR)/demo/extra_model_paths.yaml
+	mkdir -p .comfy-host/packs && ln -sfn $(CURDIR) .comfy-host/packs/ComfyUI-RLG
+	printf 'rlg_pack:\n  custom_nodes: %s\n' $(CURDIR)/.comfy-host/packs > .comfy-host/packs.yaml
+	cd .comfy-host/ComfyUI && PYTHONPATH=$(CURDIR) ../venv/bin/python main.py --cpu --listen 127.0.0.1 --port 8188 \
+		--extra-model-paths-config $(CURDIR)/demo/extra_model_paths.yaml $(CURDIR)/.comfy-host/packs.yaml
 
 ## bench: RLG time and memory against the models alone, and a scale sweep's cost (prints tables, writes benchmarks/results/)
 bench: setup
-	$(PY) benchmarks/bench_rlg.py
-	$(PY) benchmarks/bench_sweep.py
+	$(PY) -m benchmarks.bench_rlg
+	$(PY) -m benchmarks.bench_sweep

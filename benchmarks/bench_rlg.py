@@ -1,6 +1,6 @@
 """RLG cost against its floor: time and memory of RLG sampling versus the models alone.
 
-    make bench            (or: .comfy-host/venv/bin/python benchmarks/bench_rlg.py [--quick])
+    make bench            (or, from the checkout: .comfy-host/venv/bin/python -m benchmarks.bench_rlg [--quick])
 
 RLG needs a base and an RL prediction per blended step, so the floor is t_base + t_rl. This script
 samples, in one run and interleaved, with medians over repetitions, on SD3/MMDiT-shaped models of
@@ -34,9 +34,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-COMFY_DIR = ROOT / ".comfy-host" / "ComfyUI"
-sys.path[:0] = [str(COMFY_DIR), str(ROOT / "demo"), str(ROOT / "tests")]
+from harness import host
+from harness.pack import load_pack
+
+ROOT = host.ROOT
 
 SIZES = {
     # name: (depth, latent side, steps, batch); hidden = 64 * depth
@@ -53,22 +54,11 @@ CASES = ("base", "rl", "rlg", "lora", "rlg_lora", "rlg_lora_batched", "rlg_lora_
 
 
 def _setup_comfy():
-    import comfy.cli_args
-
-    if os.environ.get("RLG_BENCH_DEVICE", "cpu") == "cpu":
-        comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401
+    host.use_comfy(cpu=os.environ.get("RLG_BENCH_DEVICE", "cpu") == "cpu")
 
 
 def _load_pack():
-    import importlib.util
-
-    if "comfyui_rlg" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("comfyui_rlg", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_rlg"] = module
-        spec.loader.exec_module(module)
+    load_pack()
     from comfyui_rlg.nodes.apply import apply_rlg
 
     return apply_rlg
@@ -131,10 +121,10 @@ class Bench:
     def __init__(self, size: str, sizes: dict, need: tuple[str, ...] = ("rl", "lora", "lora", "lora")):
         import comfy.lora
         import comfy.sd
-        import tiny_sd3
         import torch
 
-        import tiny_models
+        from harness import tiny_models, tiny_sd3
+        from harness.weights import seeded_state_dict
 
         self.torch = torch
         self.depth, self.side, self.steps, self.batch = sizes[size]
@@ -143,7 +133,7 @@ class Bench:
             base_sd = sd35m_state_dict()
         else:
             net = tiny_sd3.build_mmdit(depth=self.depth)
-            base_sd = tiny_sd3.seeded_state_dict(net, 0, std=0.02)
+            base_sd = seeded_state_dict(net, 0, std=0.02)
             del net
         self.params = sum(v.numel() for v in base_sd.values())
         self.rl_bytes = sum(v.numel() * v.element_size() for v in base_sd.values())  # same shapes as the base
@@ -254,8 +244,9 @@ def memory_child(size: str, case: str, quick: bool) -> None:
 def measure_memory(size: str, quick: bool) -> dict[str, float]:
     out = {}
     for case in CASES:
-        proc = subprocess.run([sys.executable, __file__, "--memory-child", size, case] + (["--quick"] if quick else []),
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_rlg", "--memory-child", size, case]
+                              + (["--quick"] if quick else []), cwd=ROOT, env=host.child_env(), capture_output=True,
+                              text=True, check=True)
         out[case] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
     return out
 

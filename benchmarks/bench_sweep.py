@@ -1,6 +1,6 @@
 """What a scale sweep costs: RLG Scale Sweep over k scales against k single RLG Apply runs.
 
-    .comfy-host/venv/bin/python benchmarks/bench_sweep.py [--quick] [--reps N]   (also run by make bench)
+    .comfy-host/venv/bin/python -m benchmarks.bench_sweep [--quick] [--reps N]   (also run by make bench)
 
 The sweep samples one batch of k rows, one scale per row, so each step's base and RL forwards are
 shared by all k scales: it should cost about one RLG run at batch k, well under k runs at batch 1.
@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_rlg  # noqa: E402  (the sizes, the models and the host set-up)
+from benchmarks import bench_rlg  # the sizes, the models and the host set-up
 
 SCALES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 

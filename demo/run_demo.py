@@ -1,6 +1,6 @@
 """The RLG demo: train a tiny base and two RL models, turn the dials through ComfyUI, measure.
 
-    make demo          (or: .comfy-host/venv/bin/python demo/run_demo.py)
+    make demo          (or, from the checkout: .comfy-host/venv/bin/python -m demo.run_demo)
 
 1. Makes the demo models with demo/train.py (or reuses a cached copy whose manifest matches) and
    puts them in the host ComfyUI's stock folders: models/diffusion_models/rlg_demo_base.safetensors,
@@ -22,27 +22,19 @@ import argparse
 import csv
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-COMFY_DIR = ROOT / ".comfy-host" / "ComfyUI"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(COMFY_DIR))
+import safetensors.torch
+import torch
+from tqdm import tqdm
 
-import comfy.cli_args  # noqa: E402
+from demo import synthetic, train
+from harness import host
+from harness.server import ComfyServer
 
-comfy.cli_args.args.cpu = True  # training runs here on the CPU; the server is started with --cpu too
-
-import safetensors.torch  # noqa: E402
-import synthetic  # noqa: E402
-import torch  # noqa: E402
-import train  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from comfy_server import ComfyServer  # noqa: E402
+ROOT = host.ROOT
 
 BASE_FILE = "rlg_demo_base.safetensors"
 RL_FILE = "rlg_demo_rl.safetensors"
@@ -51,7 +43,7 @@ LORA2_FILE = "rlg_demo_rl2_lora.safetensors"
 DEMO_NODES = Path(__file__).resolve().parent / "comfy_nodes"
 SCALES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 GRID_SCALES = (0.0, 1.0, 2.0)  # the two-dial grid: every (w_1, w_2) with both from this list
-CODE_FILES = ("train.py", "synthetic.py", "tiny_sd3.py")
+CODE_FILES = (ROOT / "demo" / "train.py", ROOT / "demo" / "synthetic.py", ROOT / "harness" / "tiny_sd3.py")
 
 
 @dataclass
@@ -88,8 +80,7 @@ def _sha256(path: Path) -> str:
 
 
 def _code_version() -> str:
-    here = Path(__file__).resolve().parent
-    return hashlib.sha256(b"".join((here / f).read_bytes() for f in CODE_FILES)).hexdigest()
+    return hashlib.sha256(b"".join(f.read_bytes() for f in CODE_FILES)).hexdigest()
 
 
 def ensure_models(models_dir: Path, config: train.TrainConfig, quiet: bool = False) -> dict:
@@ -202,7 +193,7 @@ def sweep_grid_graph(scales: str, per_scale: int, seed: int, prefix: str) -> dic
 def sweep_grid_picture(server: ComfyServer, path: Path, per_scale: int = 4, seed: int = 1,
                        scales: str = SWEEP_SCALES) -> Path:
     """One queue through RLG Scale Sweep: per_scale samples per scale from the same noises, one grid PNG."""
-    entry = server.run_prompt(sweep_grid_graph(scales, per_scale, seed, "rlg_demo/sweep_grid"))
+    entry = server.run(sweep_grid_graph(scales, per_scale, seed, "rlg_demo/sweep_grid"))
     if entry["status"]["status_str"] != "success":
         raise RuntimeError(f"ComfyUI could not run the sweep graph: {entry['status']}\n{server.log()}")
     (info,) = entry["outputs"]["10"]["images"]
@@ -215,7 +206,7 @@ def _run(server: ComfyServer, graph: dict) -> tuple[torch.Tensor, float]:
     import comfy.latent_formats
 
     t0 = time.perf_counter()
-    entry = server.run_prompt(graph)
+    entry = server.run(graph)
     seconds = time.perf_counter() - t0
     if entry["status"]["status_str"] != "success":
         raise RuntimeError(f"ComfyUI could not run the demo graph: {entry['status']}\n{server.log()}")
@@ -367,7 +358,8 @@ def write_pictures(rows: list[SweepRow] | list[GridRow], path: Path, per_row: in
     img.save(path)
 
 
-def summary(rows: list[SweepRow], grid: list[GridRow], manifest: dict, out_dir: Path, total_seconds: float) -> str:
+def summary(rows: list[SweepRow], grid: list[GridRow], manifest: dict, models_dir: Path, out_dir: Path,
+            total_seconds: float) -> str:
     lines = ["", "RLG demo: the same 'prompt', sampled by ComfyUI at each rlg_scale "
              f"({rows[0].samples.shape[0]} samples, euler, 20 steps, cfg 1)",
              f"{'setting':<18}{'mean reward':>12}{'red discs':>11}{'predicted':>11}{'seconds':>9}"]
@@ -394,7 +386,7 @@ def summary(rows: list[SweepRow], grid: list[GridRow], manifest: dict, out_dir: 
     lines += [
         f"outputs in {out_dir}: sweep.csv, rlg_dial.png, samples.png, grid.csv, rlg_two_dials.png,",
         f"  grid_samples.png, sweep_grid.png   (total {total_seconds:.0f} s)",
-        f"models in {COMFY_DIR / 'models'}: diffusion_models/{BASE_FILE}, diffusion_models/{RL_FILE},",
+        f"models in {models_dir}: diffusion_models/{BASE_FILE}, diffusion_models/{RL_FILE},",
         f"  loras/{LORA_FILE}, loras/{LORA2_FILE}. To use them in the front-end: make demo-server, open",
         "  http://127.0.0.1:8188 and load the template ComfyUI-RLG > rlg_demo (example_workflows/rlg_demo.json).",
     ]
@@ -413,7 +405,7 @@ def run(models_dir: Path, out_dir: Path, work_dir: Path, config: train.TrainConf
                      f"  loras: loras\n  custom_nodes: {DEMO_NODES}\n")
     if not quiet:
         print("starting ComfyUI with ComfyUI-RLG ...", flush=True)
-    server = ComfyServer(COMFY_DIR, work_dir, paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
+    server = ComfyServer(work_dir, paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
     try:
         rows = sweep(server, scales, samples, seed, config.beta, quiet)
         grid = grid_sweep(server, grid_scales, samples, seed, (config.beta, config.beta), quiet) if grid_scales else []
@@ -429,7 +421,7 @@ def run(models_dir: Path, out_dir: Path, work_dir: Path, config: train.TrainConf
         write_grid_plot(grid, (config.beta, config.beta), out_dir / "rlg_two_dials.png")
         write_pictures(grid, out_dir / "grid_samples.png")
     if not quiet:
-        print(summary(rows, grid, manifest, out_dir, time.perf_counter() - t0))
+        print(summary(rows, grid, manifest, models_dir, out_dir, time.perf_counter() - t0))
     return rows, grid, manifest
 
 
@@ -438,7 +430,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=256, help="samples per setting (default 256)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "demo", help="output folder")
     args = parser.parse_args()
-    run(COMFY_DIR / "models", args.out, ROOT / ".comfy-host" / "demo-run", train.TrainConfig(), samples=args.samples)
+    tree = host.use_comfy(cpu=True)  # training runs here on the CPU; the server is started with --cpu too
+    run(tree / "models", args.out, host.host_dir() / "demo-run", train.TrainConfig(), samples=args.samples)
 
 
 if __name__ == "__main__":

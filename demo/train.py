@@ -22,9 +22,11 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import synthetic
-import tiny_sd3
 import torch
+
+from demo import synthetic
+from harness import tiny_sd3
+from harness.weights import seeded_state_dict
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def train_base(config: TrainConfig, progress: Progress = _no_progress) -> dict[s
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     net = tiny_sd3.build_mmdit()
-    net.load_state_dict(tiny_sd3.seeded_state_dict(net, config.seed, std=0.02))
+    net.load_state_dict(seeded_state_dict(net, config.seed, std=0.02))
     net.train()
     _train(net, list(net.parameters()), config.base_steps, config.base_lr,
            lambda: synthetic.sample_data(config.base_batch, gen)[0], gen, "base", progress)

@@ -1,6 +1,6 @@
 """Build example_workflows/*.json and their API twins in the real ComfyUI front-end.
 
-    .comfy-host/venv/bin/python scripts/build_workflows.py
+    .comfy-host/venv/bin/python -m scripts.build_workflows      (from the checkout)
 
 Each workflow is described below as nodes (type, widget values by name) and links (by input
 name). The script starts the host ComfyUI with this pack and the demo nodes, creates each graph in
@@ -13,11 +13,8 @@ playwright package, which scripts/setup_host.sh installs.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "demo"))
+from harness.host import ROOT, host_dir
 
 SD35 = "sd3.5_medium.safetensors"
 CLIPS_SD35 = {"clip_name1": "clip_g.safetensors", "clip_name2": "clip_l.safetensors",
@@ -485,18 +482,17 @@ async ([nodes, links]) => {
 
 
 def main() -> None:
-    from frontend import browser_page
-
-    from comfy_server import ComfyServer
+    from harness.frontend import browser_page
+    from harness.server import ComfyServer
 
     out_ui = ROOT / "example_workflows"
     out_api = ROOT / "tests" / "workflows_api"
     out_api.mkdir(parents=True, exist_ok=True)
-    work = ROOT / ".comfy-host" / "build-workflows"
+    work = host_dir() / "build-workflows"
     work.mkdir(parents=True, exist_ok=True)
     paths = work / "extra_model_paths.yaml"
     paths.write_text(f"rlg:\n  custom_nodes: {ROOT / 'demo' / 'comfy_nodes'}\n")
-    server = ComfyServer(ROOT / ".comfy-host" / "ComfyUI", work, paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
+    server = ComfyServer(work, paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
     try:
         with browser_page(server.url) as page:
             for name, (nodes, links) in workflows().items():

@@ -7,10 +7,12 @@
 #                                    (ComfyUI itself is not on the package registry; see README "Development")
 #     .comfy-host/cache              pip's download cache, so a rerun on the same machine is quick
 #   scripts/setup_host.sh 0.8.0      the second host of the test matrix, from ../shared/hosts (see below)
+#   scripts/setup_host.sh 0.33.0     the third (the newest ComfyUI that can be had here), from ../shared/hosts
 #   scripts/setup_host.sh frontend   the newest front-end package, for the browser tests
 #
-# The checkout is linked in as custom_nodes/ComfyUI-RLG. Re-running is cheap: each step is
-# skipped when its stamp matches.
+# The trees stay unmodified: servers load the pack from the checkout that starts them (harness/server.py links it
+# in a folder of their own), so several checkouts can share one host. Re-running is cheap: each step is skipped
+# when its stamp matches.
 set -euo pipefail
 WHAT="${1:-0.3.75}"
 
@@ -98,20 +100,18 @@ else
   log "ComfyUI $COMFY_VERSION present"
 fi
 
-# 4. This checkout as a custom node pack.
-link_pack() {
+# 4. No pack inside the tree: a link left there by an older setup would load a second copy of the pack (maybe
+#    another checkout's) beside the one each server links in itself.
+unlink_pack() {
   local link="$1/custom_nodes/ComfyUI-RLG"
-  if [[ "$(readlink "$link" 2>/dev/null || true)" != "$ROOT" ]]; then
-    rm -rf "$link"
-    ln -s "$ROOT" "$link"
-  fi
+  if [[ -L "$link" ]]; then rm -f "$link"; fi
 }
-link_pack "$HOST/ComfyUI"
+unlink_pack "$HOST/ComfyUI"
 [[ "$WHAT" == "0.3.75" ]] && { log "host ready: $HOST (python: $VPY)"; exit 0; }
 
-# 5. ComfyUI 0.8.0: upstream's tree from ../shared/hosts (not on any registry), run by the same venv with
-#    the packages it needs on top of 0.3.75's in an overlay folder that goes first on PYTHONPATH
-#    (scripts/run_tests.sh sets it). Its front-end pins differ from 0.3.75's, so they cannot share one set.
+# 5. ComfyUI 0.8.0 and 0.33.0: upstream's trees from ../shared/hosts (not on any registry), run by the same venv
+#    with the packages each needs on top of 0.3.75's in an overlay folder of its own that goes first on PYTHONPATH
+#    (scripts/run_tests.sh sets it). Their front-end pins differ from 0.3.75's and from each other's.
 SHARED="${RLG_SHARED_DIR:-$ROOT/../shared}"
 overlay() {  # overlay <dir> <packages...>: pip install --target, skipped when the stamp matches
   local dir="$1"; shift
@@ -119,36 +119,56 @@ overlay() {  # overlay <dir> <packages...>: pip install --target, skipped when t
   if [[ -f "$dir/.stamp" && "$(cat "$dir/.stamp")" == "$key" ]]; then return; fi
   log "installing into $dir: $key"
   rm -rf "$dir"
-  "$VPY" -m pip install -q --target "$dir" "$@"
+  local plain=() nodeps=()
+  for pkg in "$@"; do
+    if [[ "$pkg" == nodeps:* ]]; then nodeps+=("${pkg#nodeps:}"); else plain+=("$pkg"); fi
+  done
+  "$VPY" -m pip install -q --target "$dir" "${plain[@]}"
+  if ((${#nodeps[@]})); then
+    "$VPY" -m pip install -q --no-deps --target "$dir" "${nodeps[@]}"
+  fi
   printf '%s' "$key" >"$dir/.stamp"
+}
+tree_from_tarball() {  # tree_from_tarball <version> <sha256>: the unmodified tree in .comfy-host/hosts/<version>
+  local version="$1" sha="$2"
+  local tarball="$SHARED/hosts/comfyui-$version.tar.gz" dest="$HOST/hosts/$version"
+  [[ -f "$tarball" ]] || { log "no $tarball"; exit 3; }
+  if ! stamp_ok "comfyui-$version" "$sha" || [[ ! -f "$dest/ComfyUI/main.py" ]]; then
+    log "extracting ComfyUI $version from $tarball"
+    echo "$sha  $tarball" | sha256sum -c --quiet - || { log "$tarball: sha256 mismatch"; exit 1; }
+    rm -rf "$dest/ComfyUI" "$dest/tmp"
+    mkdir -p "$dest/tmp"
+    tar xzf "$tarball" -C "$dest/tmp"
+    rm -f "$dest/tmp/extra_model_paths.yaml"
+    local got
+    got="$("$VPY" -c "import runpy,sys; print(runpy.run_path(sys.argv[1])['__version__'])" "$dest/tmp/comfyui_version.py")"
+    [[ "$got" == "$version" ]] || { log "expected ComfyUI $version, got $got"; exit 1; }
+    mv "$dest/tmp" "$dest/ComfyUI"
+    stamp_set "comfyui-$version" "$sha"
+  fi
+  unlink_pack "$dest/ComfyUI"
 }
 case "$WHAT" in
   0.8.0)
-    tarball="$SHARED/hosts/comfyui-0.8.0.tar.gz"
-    sha=9abeecabe833ff6071872dbb9ce3796521cebf14e73ca5c49cdf85e8f2ed4811
-    dest="$HOST/hosts/0.8.0"
-    [[ -f "$tarball" ]] || { log "no $tarball"; exit 3; }
-    if ! stamp_ok comfyui-0.8.0 "$sha" || [[ ! -f "$dest/ComfyUI/main.py" ]]; then
-      log "extracting ComfyUI 0.8.0 from $tarball"
-      echo "$sha  $tarball" | sha256sum -c --quiet - || { log "$tarball: sha256 mismatch"; exit 1; }
-      rm -rf "$dest/ComfyUI" "$dest/tmp"
-      mkdir -p "$dest/tmp"
-      tar xzf "$tarball" -C "$dest/tmp"
-      rm -f "$dest/tmp/extra_model_paths.yaml"
-      got="$("$VPY" -c "import runpy,sys; print(runpy.run_path(sys.argv[1])['__version__'])" "$dest/tmp/comfyui_version.py")"
-      [[ "$got" == "0.8.0" ]] || { log "expected ComfyUI 0.8.0, got $got"; exit 1; }
-      mv "$dest/tmp" "$dest/ComfyUI"
-      stamp_set comfyui-0.8.0 "$sha"
-    fi
+    tree_from_tarball 0.8.0 9abeecabe833ff6071872dbb9ce3796521cebf14e73ca5c49cdf85e8f2ed4811
     # The pins of its requirements.txt, and comfy-kitchen (runs on the CPU).
-    overlay "$dest/site" comfy-kitchen==0.2.40 comfyui-frontend-package==1.35.9 \
+    overlay "$HOST/hosts/0.8.0/site" comfy-kitchen==0.2.40 comfyui-frontend-package==1.35.9 \
       comfyui-workflow-templates==0.7.67 comfyui-embedded-docs==0.3.1
-    link_pack "$dest/ComfyUI"
-    log "host ready: $dest/ComfyUI (PYTHONPATH=$dest/site)"
+    log "host ready: $HOST/hosts/0.8.0/ComfyUI (PYTHONPATH=$HOST/hosts/0.8.0/site)"
+    ;;
+  0.33.0)
+    tree_from_tarball 0.33.0 ac069637aedd01dc2e40fcab015e24890808ee8066790c22354a3d9ad8acfaf8
+    # The pins of its requirements.txt (comfy-aimdo, simpleeval and blake3 are new), and torchaudio, now a hard
+    # import (comfy/sd.py imports the LTX audio VAE). The registry has no torchaudio for this torch; 2.11.1 without
+    # its dependencies imports and works under it on the CPU (../shared/hosts/README.md).
+    overlay "$HOST/hosts/0.33.0/site" comfy-kitchen==0.2.31 comfy-aimdo==0.4.13 comfyui-frontend-package==1.49.6 \
+      comfyui-workflow-templates==0.11.44 comfyui-embedded-docs==0.5.10 "simpleeval>=1.0.0" blake3 \
+      nodeps:torchaudio==2.11.1
+    log "host ready: $HOST/hosts/0.33.0/ComfyUI (PYTHONPATH=$HOST/hosts/0.33.0/site)"
     ;;
   frontend)
     overlay "$HOST/frontends/1.58.1" comfyui-frontend-package==1.58.1
     log "front-end ready: $HOST/frontends/1.58.1"
     ;;
-  *) log "unknown host '$WHAT' (0.3.75, 0.8.0 or frontend)"; exit 2 ;;
+  *) log "unknown host '$WHAT' (0.3.75, 0.8.0, 0.33.0 or frontend)"; exit 2 ;;
 esac

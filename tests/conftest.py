@@ -1,78 +1,51 @@
 """Test setup: a real ComfyUI host, on the CPU.
 
-The host is .comfy-host/ComfyUI (0.3.75, see scripts/setup_host.sh) unless RLG_COMFY_DIR names
-another ComfyUI tree: scripts/run_tests.sh runs the suite once per host of the test matrix, and a user
-can point it at their own ComfyUI (README, "ComfyUI versions").
+The host is the tree harness.host.comfy_dir() names: .comfy-host/ComfyUI (0.3.75, see scripts/setup_host.sh)
+unless RLG_COMFY_DIR names another. scripts/run_tests.sh runs the suite once per host of the test matrix, and a
+user can point it at their own ComfyUI (README, "ComfyUI versions"). Every process of a run uses that one tree:
+this one (pytest_configure below, before any test module is imported), and the servers and the reference process
+it starts (harness.host.child_env). tests/test_host_isolation.py proves it.
 
-In-process tests import ComfyUI as a library and load this pack the way ComfyUI does (a package
-from the checkout's __init__.py). Server tests (marked `server`) start ComfyUI's main.py; browser
-tests (marked `frontend`) also drive its front-end in headless Chromium.
+In-process tests import ComfyUI as a library and load this pack the way ComfyUI does (the package comfyui_rlg).
+Server tests (marked `server`) start ComfyUI's main.py; browser tests (marked `frontend`) also drive its
+front-end in headless Chromium.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-HOST = Path(os.environ.get("RLG_HOST_DIR", ROOT / ".comfy-host"))
-COMFY_DIR = Path(os.environ.get("RLG_COMFY_DIR", HOST / "ComfyUI")).resolve()
-PACK_NAME = "comfyui_rlg"
+from harness import host
 
-if not (COMFY_DIR / "main.py").exists():
-    raise pytest.UsageError(f"No ComfyUI host at {COMFY_DIR}: run `make test` (or scripts/setup_host.sh) first.")
-
-sys.path.insert(0, str(COMFY_DIR))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "demo"))  # the demo's training code and HTTP driver are tested too
-
-import comfy.cli_args  # noqa: E402
-
-# The CPU unless RLG_TEST_DEVICE=cuda (scripts/gpu_check.sh, on a GPU machine; never in CI).
+# The CPU unless RLG_TEST_DEVICE=cuda (the GPU check, on a GPU machine; never in CI).
 ON_GPU = os.environ.get("RLG_TEST_DEVICE") == "cuda"
-comfy.cli_args.args.cpu = not ON_GPU
-comfy.cli_args.args.deterministic = True
-if ON_GPU:
-    import torch  # noqa: E402
-
-    torch.backends.cuda.matmul.allow_tf32 = False  # the identities compare float32 results
-    torch.backends.cudnn.allow_tf32 = False
-
-import comfy.model_management  # noqa: E402,F401  (reads args.cpu at import)
 
 
-def _load_pack():
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(
-        PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
+def pytest_configure(config):
+    try:
+        host.use_comfy(cpu=not ON_GPU)
+    except host.HostError as err:
+        raise pytest.UsageError(str(err)) from None
+    if ON_GPU:
+        import torch
 
+        torch.backends.cuda.matmul.allow_tf32 = False  # the identities compare float32 results
+        torch.backends.cudnn.allow_tf32 = False
+    from harness.pack import load_pack
 
-_load_pack()
-
-
-def comfy_version() -> str:
-    import runpy
-
-    return runpy.run_path(str(COMFY_DIR / "comfyui_version.py"))["__version__"]
+    load_pack()
 
 
 def pytest_report_header(config):
-    return f"ComfyUI host: {comfy_version()} at {COMFY_DIR}, device {'cuda' if ON_GPU else 'cpu'}"
+    return f"ComfyUI host: {host.comfy_version()} at {host.comfy_dir()}, device {'cuda' if ON_GPU else 'cpu'}"
 
 
 def pytest_terminal_summary(terminalreporter):
     """Print the measured w=0 / w=1 identity differences and the reliability figures, so a run records them."""
-    diffs = getattr(sys.modules.get("harness"), "IDENTITY_DIFFS", None)
+    diffs = getattr(sys.modules.get("harness.sampling"), "IDENTITY_DIFFS", None)
     if diffs:
         terminalreporter.section("RLG identities: max |RLG(w=0) - base|, |RLG(w=1) - RL| per case")
         for case, diff in sorted(diffs.items()):
@@ -81,15 +54,15 @@ def pytest_terminal_summary(terminalreporter):
     reliability = sys.modules.get("reliability_host")  # tests/test_reliability.py
     lines = reliability.summary_lines() if reliability is not None else []
     if lines:
-        terminalreporter.section(f"RLG reliability (ComfyUI {comfy_version()})")
+        terminalreporter.section(f"RLG reliability (ComfyUI {host.comfy_version()})")
         for line in lines:
             terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
 def workflow_server(tmp_path_factory):
-    """One ComfyUI server for the workflow and front-end tests (see workflow_host.py)."""
-    from workflow_host import start_workflow_server
+    """One ComfyUI server for the workflow and front-end tests (see harness/workflow_host.py)."""
+    from harness.workflow_host import start_workflow_server
 
     server = start_workflow_server(tmp_path_factory.mktemp("workflows"))
     yield server
@@ -103,3 +76,13 @@ def _inference_mode():
 
     with torch.inference_mode():
         yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Modules imported while the tests ran count too: a module of another tree turns the whole run red."""
+    foreign = host.foreign_modules()
+    if foreign:
+        lines = "\n".join(f"  {name}: {where}" for name, where in sorted(foreign.items()))
+        message = f"\nRLG: modules of another ComfyUI tree than {host.comfy_dir()} were loaded in this leg:\n{lines}"
+        session.config.get_terminal_writer().line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -6,24 +6,21 @@ FIGURES collects what a run measured; conftest's terminal summary prints it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
-import harness as h
-import tiny_models as tm
-from comfy_server import ComfyServer
-from conftest import COMFY_DIR
-from reliability_probe import weights_digest
+from harness import host
+from harness import sampling as h
+from harness import tiny_models as tm
+from harness.probe import weights_digest
+from harness.server import ComfyServer
 
 TESTS = Path(__file__).resolve().parent
 TEST_NODES = TESTS / "comfy_test_nodes"
@@ -100,27 +97,13 @@ def start_server(work: Path, models: Path) -> ComfyServer:
     config = work / "extra_model_paths.yaml"
     config.write_text(f"rlg_reliability:\n  base_path: {models}\n  diffusion_models: diffusion_models\n"
                       f"  loras: loras\n  custom_nodes: {TEST_NODES}\n")
-    with one_torch_thread():
-        return ComfyServer(COMFY_DIR, work, config, ["ComfyUI-RLG", "rlg_test_nodes"]).start()
+    return ComfyServer(work, config, ["ComfyUI-RLG", "rlg_test_nodes"], env=ONE_TORCH_THREAD).start()
 
 
-@contextlib.contextmanager
-def one_torch_thread():
-    """Processes started inside run torch on one thread (OMP_NUM_THREADS=1).
-
-    The tiny models gain nothing from more. The server, the fresh process and pytest share CI's two
-    cores, and OpenMP threads that spin-wait for a busy core slow a tiny prompt from 0.05 s to 3 s (measured
-    here with another job running).
-    """
-    before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = before
+# Processes started here run torch on one thread. The tiny models gain nothing from more. The server, the
+# fresh process and pytest share CI's two cores, and OpenMP threads that spin-wait for a busy core slow a tiny
+# prompt from 0.05 s to 3 s (measured here with another job running).
+ONE_TORCH_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 # -- graphs ----------------------------------------------------------------------------------------
@@ -201,63 +184,11 @@ def probe_graph(census: bool = False, models: dict[str, dict] | None = None) -> 
 BASE_LOADER = {"class_type": "UNETLoader", "inputs": {"unet_name": BASE, "weight_dtype": "default"}}
 
 
-# -- the HTTP driver -------------------------------------------------------------------------------
-
-def post_no_answer(srv: ComfyServer, route: str, payload: dict) -> int:
-    """POST to a route that answers with an empty body (/history, /free, /interrupt); the HTTP status."""
-    req = urllib.request.Request(srv.url + route, data=json.dumps(payload).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        resp.read()
-        return resp.status
-
-
-def queue(srv: ComfyServer, prompt: dict) -> tuple[int, dict]:
-    return srv.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
-
-
-def wait(srv: ComfyServer, prompt_id: str, timeout: float = 300.0, forget: bool = True) -> dict:
-    """The prompt's /history entry once it finished; then deleted from the server's history (forget), so
-    the history the server keeps does not grow with the run."""
-    deadline = time.time() + timeout
-    delay = 0.005
-    while time.time() < deadline:
-        history = srv.get(f"/history/{prompt_id}")
-        entry = history.get(prompt_id)
-        if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
-            if forget:
-                post_no_answer(srv, "/history", {"delete": [prompt_id]})
-            return entry
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
-    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{srv.log()}")
-
-
-def run(srv: ComfyServer, prompt: dict, timeout: float = 300.0) -> dict:
-    status, body = queue(srv, prompt)
-    if status != 200:
-        raise AssertionError(f"/prompt refused the graph ({status}): {json.dumps(body)[:2000]}")
-    return wait(srv, body["prompt_id"], timeout)
-
+# -- the HTTP driver: harness.server.ComfyServer ------------------------------------------------------
 
 def run_ok(srv: ComfyServer, prompt: dict) -> dict:
-    entry = run(srv, prompt)
-    assert entry["status"]["status_str"] == "success", (json.dumps(entry["status"])[:3000], srv.log()[-3000:])
-    return entry
-
-
-def messages(entry: dict, kind: str) -> list[dict]:
-    return [data for k, data in entry.get("status", {}).get("messages", []) if k == kind]
-
-
-def latents(srv: ComfyServer, entry: dict) -> dict[str, torch.Tensor]:
-    """{SaveLatent node id: the latent it saved}."""
-    out = {}
-    for node_id, node_out in entry["outputs"].items():
-        for info in node_out.get("latents", []):
-            path = srv.output_dir / info["subfolder"] / info["filename"]
-            out[node_id] = safetensors.torch.load_file(path)["latent_tensor"]
-    return out
+    """A prompt that must succeed; forgotten by the server's history once read (a long-lived server)."""
+    return srv.run_ok(prompt, forget=True)
 
 
 def probe(srv: ComfyServer, census: bool = False, models: dict[str, dict] | None = None) -> dict:
@@ -267,17 +198,6 @@ def probe(srv: ComfyServer, census: bool = False, models: dict[str, dict] | None
     for label in models or {}:
         reports[label] = entry["outputs"][f"p{label}"]["probe"][0]
     return reports
-
-
-def rss_kb(srv: ComfyServer) -> int:
-    """The server process's resident memory, read from outside (Linux)."""
-    try:
-        for line in Path(f"/proc/{srv.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 # -- the fresh process -----------------------------------------------------------------------------
@@ -290,10 +210,10 @@ class ReferenceProcess:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = work / "reference.log"
         self._log = open(self.log_path, "w")
-        with one_torch_thread():
-            self.proc = subprocess.Popen(
-                [sys.executable, str(TESTS / "reliability_reference.py"), str(COMFY_DIR), str(models), str(self.out)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.reference", str(models), str(self.out)], cwd=host.ROOT,
+            env=host.child_env(ONE_TORCH_THREAD), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            text=True, bufsize=1)
         self._answers: dict[str, dict] = {}
         self._count = 0
 
@@ -331,18 +251,6 @@ class ReferenceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self._log.close()
-
-
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys(), (sorted(a), sorted(b))
-    for k in a:
-        assert a[k].shape == b[k].shape, (k, a[k].shape, b[k].shape)
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-
-
-def tolerance(ref: dict[str, torch.Tensor]) -> float:
-    """Float tolerance for 'the same graph, another process': harness.tolerance on the largest latent."""
-    return max(h.tolerance(v) for v in ref.values())
 
 
 # -- what the run measured --------------------------------------------------------------------------

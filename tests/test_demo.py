@@ -10,15 +10,14 @@ from pathlib import Path
 import comfy.lora
 import comfy.sd
 import pytest
-import run_demo
 import safetensors.torch
-import synthetic
 import torch
-import train
 
-import harness as h
-from comfy_server import ComfyServer
-from conftest import COMFY_DIR
+from demo import run_demo, synthetic, train
+from harness import sampling as h
+from harness import tiny_sd3
+from harness.server import ComfyServer
+from harness.weights import seeded_state_dict
 
 TINY = train.TrainConfig(base_steps=40, base_batch=32, rl_samples=64, rl_sample_steps=4, rl_steps=30, rl_batch=32)
 
@@ -87,7 +86,7 @@ def test_training_is_deterministic_and_learns():
         cfg = train.TrainConfig(base_steps=25, base_batch=32)
         a, b = train.train_base(cfg), train.train_base(cfg)
         assert all(torch.equal(a[k], b[k]) for k in a)
-        net = __import__("tiny_sd3").build_mmdit()
+        net = tiny_sd3.build_mmdit()
         gen = torch.Generator().manual_seed(5)
         x0 = synthetic.sample_data(256, gen)[0]
         sigma = torch.full((256,), 0.5)
@@ -99,7 +98,7 @@ def test_training_is_deterministic_and_learns():
             with torch.no_grad():
                 return float(torch.nn.functional.mse_loss(train.predict(net, x, sigma), eps - x0))
 
-        init = __import__("tiny_sd3").seeded_state_dict(net, 0, std=0.02)
+        init = seeded_state_dict(net, 0, std=0.02)
         assert loss(a) < 0.8 * loss(init)
 
 
@@ -217,11 +216,11 @@ def test_demo_example_workflow_runs(tiny_models, tmp_path):
     graph = json.loads((api / "rlg_demo.json").read_text())
     graph["5"]["inputs"]["batch_size"] = 2
     sweep = json.loads((api / "rlg_demo_sweep.json").read_text())
-    server = ComfyServer(COMFY_DIR, tmp_path / "work", paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
+    server = ComfyServer(tmp_path / "work", paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
     try:
         templates = server.get("/workflow_templates")
-        entry = server.run_prompt(graph)
-        swept = server.run_prompt(sweep)
+        entry = server.run(graph)
+        swept = server.run(sweep)
     finally:
         server.stop()
     assert {"rlg_demo", "rlg_demo_sweep"} <= set(templates.get("ComfyUI-RLG", [])), templates

@@ -17,11 +17,11 @@ import pytest
 import safetensors.torch
 import torch
 
-import harness as h
-import tiny_families as tf
 from comfyui_rlg.nodes.apply import apply_rlg
 from comfyui_rlg.nodes.nodes_lora import load_peft_aware
 from comfyui_rlg.nodes.rlg_math import RLGInputError
+from harness import sampling as h
+from harness import tiny_families as tf
 
 IDENTITY_DIFFS = h.IDENTITY_DIFFS
 FAST_PATH_MISSED = "did not take the fast path"

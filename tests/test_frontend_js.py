@@ -40,7 +40,7 @@ def test_extension_is_served(workflow_server):
 
 
 def test_rlg_nodes_read_the_dial_back(workflow_server):
-    from frontend import browser_page
+    from harness.frontend import browser_page
 
     with browser_page(workflow_server.url) as page:
         page.wait_for_function("window.RLG_describeDial !== undefined", timeout=60_000)
@@ -60,7 +60,7 @@ def test_rlg_nodes_read_the_dial_back(workflow_server):
 
 def test_front_end_version_is_the_one_under_test(workflow_server):
     """scripts/run_tests.sh runs the browser tests once more on the newest front-end package: check it is served."""
-    from frontend import browser_page
+    from harness.frontend import browser_page
 
     with browser_page(workflow_server.url) as page:
         served = page.evaluate("window.__COMFYUI_FRONTEND_VERSION__")
@@ -89,7 +89,7 @@ SWEEP = """() => {
 
 
 def test_scale_sweep_shows_the_list_it_will_sweep(workflow_server):
-    from frontend import browser_page
+    from harness.frontend import browser_page
 
     with browser_page(workflow_server.url) as page:
         page.wait_for_function("window.RLG_describeSweep !== undefined", timeout=60_000)

@@ -10,11 +10,11 @@ import comfy.samplers
 import pytest
 import torch
 
-import harness as h
 from comfyui_rlg.nodes.apply import apply_rlg, apply_rlg_terms
 from comfyui_rlg.nodes.nodes_multi import RLGApplyMulti, RLGGuiderMulti, RLGRLModel
 from comfyui_rlg.nodes.nodes_rlg import RLGApply
 from comfyui_rlg.nodes.rlg_math import RLGInputError, RLGRuntimeError, TermSpec
+from harness import sampling as h
 
 TOL = 1e-5
 

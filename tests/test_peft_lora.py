@@ -8,11 +8,11 @@ import pytest
 import safetensors.torch
 import torch
 
-import harness as h
-import tiny_models as tm
 from comfyui_rlg.nodes.nodes_lora import RLGLoraLoaderModelOnly, load_peft_aware
 from comfyui_rlg.nodes.peft_alpha import alpha_keys, find_adapter_config, needs_alpha
 from comfyui_rlg.nodes.rlg_math import RLGInputError
+from harness import sampling as h
+from harness import tiny_models as tm
 
 
 @pytest.fixture

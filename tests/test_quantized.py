@@ -14,10 +14,10 @@ import comfy.sd
 import pytest
 import torch
 
-import harness as h
-import tiny_models as tm
 from comfyui_rlg.nodes.apply import apply_rlg
-from conftest import comfy_version
+from harness import sampling as h
+from harness import tiny_models as tm
+from harness.host import comfy_version
 
 QKV = "diffusion_model.joint_blocks.0.x_block.attn.qkv"
 

@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-import harness as h
 from comfyui_rlg.nodes.apply import apply_rlg
 from comfyui_rlg.nodes.nodes_rlg import RLGApply
 from comfyui_rlg.nodes.rlg_math import RLGInputError
+from harness import sampling as h
 
 
 def test_other_family_is_refused_naming_both_models():
@@ -33,7 +33,7 @@ def test_other_prediction_type_is_refused():
 def test_other_shape_is_refused():
     import comfy.sd
 
-    import tiny_models as tm
+    from harness import tiny_models as tm
 
     base = h.load_model("sd3")
     sd = tm.tiny_sd3_state_dict(0)

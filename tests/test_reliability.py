@@ -29,7 +29,9 @@ import pytest
 import torch
 
 import reliability_host as rh
-from conftest import ROOT
+from harness.host import ROOT
+from harness.server import messages
+from harness.weights import max_diff, tolerance
 
 server_test = pytest.mark.server
 SEED = iter(range(5000, 10**6))  # a fresh seed for every "next good prompt", so none is served from cache
@@ -72,7 +74,7 @@ def assert_base_untouched(server, pristine, context: str) -> None:
     The probe's loader is served from ComfyUI's cache: it inspects the very base object the prompts before used.
     """
     entry = rh.run_ok(server, rh.probe_graph(models={"base": rh.BASE_LOADER}))
-    (cached,) = rh.messages(entry, "execution_cached")
+    (cached,) = messages(entry, "execution_cached")
     assert "Lbase" in cached["nodes"], f"{context}: the probe got a freshly loaded base, not the one that ran"
     state = entry["outputs"]["pbase"]["probe"][0]["model"]
     assert state == pristine, f"{context}: the base model changed: {state} != {pristine}"
@@ -81,12 +83,12 @@ def assert_base_untouched(server, pristine, context: str) -> None:
 def assert_exact(server, refs, prompt: dict, context: str) -> dict:
     """Run a prompt; its latents equal the fresh process's to float tolerance. Returns the latents."""
     ticket = refs.submit(prompt)
-    got = rh.latents(server, rh.run_ok(server, prompt))
+    got = server.latents(rh.run_ok(server, prompt))
     want = refs.result(ticket)
-    diff = rh.max_diff(got, want)
+    diff = max_diff(got, want)
     rh.RESULTS["checked"] += 1
     rh.RESULTS["checked_max_diff"] = max(rh.RESULTS["checked_max_diff"], diff)
-    assert diff <= rh.tolerance(want), f"{context}: server differs from a fresh process by {diff:.3e}"
+    assert diff <= tolerance(want), f"{context}: server differs from a fresh process by {diff:.3e}"
     return got
 
 
@@ -204,16 +206,16 @@ def test_load(models, refs, tmp_path_factory):
         rss, census, diffs = {}, {}, []
         start = time.time()
         for i, prompt in enumerate(mix):
-            entry = rh.run(srv, prompt)
+            entry = srv.run(forget=True, prompt=prompt)
             assert entry["status"]["status_str"] == "success", (i, _describe(prompt),
                                                                 json.dumps(entry["status"])[:3000])
             if i in tickets:
-                got = rh.latents(srv, entry)
+                got = srv.latents(entry)
                 want = refs.result(tickets[i])
-                diff = rh.max_diff(got, want)
+                diff = max_diff(got, want)
                 diffs.append(diff)
-                assert diff <= rh.tolerance(want), (i, _describe(prompt), diff)
-            rss[i] = rh.rss_kb(srv)
+                assert diff <= tolerance(want), (i, _describe(prompt), diff)
+            rss[i] = srv.rss_kb()
             if i >= WARM_UP - 1 and (i + 1 - WARM_UP) % CENSUS_EVERY == 0:
                 census[i] = rh.probe(srv, census=True)[""]["census"]
         seconds = time.time() - start
@@ -260,13 +262,13 @@ def test_changing_only_rlg_scale_reruns_sampling_but_not_the_loaders(server, ref
     prompt = rh.graph(form, scale=2.5, seed=seed, prefix="rel/cache")
     ticket = refs.submit(prompt)
     entry = rh.run_ok(server, prompt)
-    (cached,) = rh.messages(entry, "execution_cached")
+    (cached,) = messages(entry, "execution_cached")
     assert {"1", "2", "4", "5"} <= set(cached["nodes"]), cached
     assert not {"3", "6", "7"} & set(cached["nodes"]), cached
-    second = rh.latents(server, entry)
+    second = server.latents(entry)
     want = refs.result(ticket)
-    assert rh.max_diff(second, want) <= rh.tolerance(want)
-    assert rh.max_diff(second, first) > 1e-3  # it did sample again, at the new scale
+    assert max_diff(second, want) <= tolerance(want)
+    assert max_diff(second, first) > 1e-3  # it did sample again, at the new scale
 
 
 # -- faults -----------------------------------------------------------------------------------------
@@ -300,8 +302,8 @@ def test_interrupt_mid_prompt(server, refs, pristine, form):
     """POST /interrupt while an RLG prompt samples: the server stays up and loses nothing."""
     long = rh.graph(form, scale=2.0, steps=10000, seed=next(SEED), prefix="rel/interrupted")
     prompt_id, step = asyncio.run(asyncio.wait_for(_interrupt_during_sampling(server, long, after_steps=5), 120))
-    entry = rh.wait(server, prompt_id)
-    interrupted = rh.messages(entry, "execution_interrupted")
+    entry = server.wait(forget=True, prompt_id=prompt_id)
+    interrupted = messages(entry, "execution_interrupted")
     assert interrupted and interrupted[0]["node_type"] == "KSampler", entry["status"]
     assert server.proc.poll() is None
     next_prompts_are_right(server, refs, pristine, form, f"after an interrupt at step {step} ({form})")
@@ -326,7 +328,7 @@ def test_free_unload_models_releases_the_rl_model_like_any_model(server, refs, p
     loaded = {m["digest"] for m in entry["outputs"]["pbase"]["probe"][0]["loaded"]}
     assert {models[1]["base"], models[1]["rl"]} <= loaded, "both models were loaded for sampling"
 
-    status = rh.post_no_answer(server, "/free", {"unload_models": True})
+    status = server.post("/free", {"unload_models": True})[0]
     assert status == 200
     deadline = time.time() + 30
     while True:
@@ -348,8 +350,8 @@ def test_rl_forward_that_raises_leaves_the_base_untouched(server, refs, pristine
     prompt = rh.graph(form, scale=1.5, seed=next(SEED), prefix="rel/raises")
     prompt["11"] = {"class_type": "RLGTestFailingModel", "inputs": {"model": ["2", 0], "fail_at": 3}}
     prompt["3"]["inputs"]["rl_model"] = ["11", 0]
-    entry = rh.run(server, prompt)
-    err = rh.messages(entry, "execution_error")
+    entry = server.run(forget=True, prompt=prompt)
+    err = messages(entry, "execution_error")
     assert entry["status"]["status_str"] == "error" and err, entry["status"]
     assert err[0]["node_type"] == "KSampler" and "fails on purpose" in err[0]["exception_message"], err[0]
     next_prompts_are_right(server, refs, pristine, form, f"after the RL model's forward raised ({form})")
@@ -432,7 +434,7 @@ def _bad_prompt(form: str, changes: dict) -> dict:
 
 def _check_refusal(server, prompt, kind, node_id, node_type, words) -> tuple[str, str]:
     """(who refused: validation or execution, the error); asserts it names the node and the input."""
-    status, body = rh.queue(server, prompt)
+    status, body = server.queue(prompt)
     if kind == C:
         kind = V if status == 400 else X
     if kind == V:
@@ -443,8 +445,8 @@ def _check_refusal(server, prompt, kind, node_id, node_type, words) -> tuple[str
         assert all(w in text for w in words), (words, errors)
         return V, f"{node_type} #{node_id}: {errors['errors'][0]['message']}: {errors['errors'][0]['details']}"
     assert status == 200, (status, body)
-    entry = rh.wait(server, body["prompt_id"])
-    err = rh.messages(entry, "execution_error")
+    entry = server.wait(forget=True, prompt_id=body["prompt_id"])
+    err = messages(entry, "execution_error")
     assert entry["status"]["status_str"] == "error" and err, entry["status"]
     err = err[0]
     assert (err["node_id"], err["node_type"]) == (node_id, node_type), err
@@ -471,9 +473,9 @@ def test_bad_input_is_refused_by_name_and_the_server_keeps_serving(server, refs,
 def test_an_rlg_rl_model_node_refuses_its_own_bad_inputs():
     """With several RL models, a bad value was refused only by the Apply node, as 'RL model <i>': the user had to
     count the chain to find it. The RLG RL Model node that holds it now refuses it."""
-    import harness as h
     from comfyui_rlg.nodes.nodes_multi import RLGRLModel
     from comfyui_rlg.nodes.rlg_math import RLGInputError
+    from harness import sampling as h
 
     rl = h.load_model("sd3", rl_seed=1)
     for args, words in (((math.nan, 0.0, 1.0), "rlg_scale is nan"), ((1.5, 0.8, 0.2), "start_percent"),
@@ -488,11 +490,11 @@ def test_combo_values_not_in_the_list_are_refused_by_the_rlg_node_itself(tmp_pat
     """ComfyUI 0.3.75 checks no combo value of a V3 node: an API prompt's unknown schedule reached sampling and
     failed in the KSampler, a lora_name out of the loras folder failed deep in folder_paths. The nodes refuse
     both themselves, by name (0.8.0 refuses them before, in its validation)."""
-    import harness as h
     from comfyui_rlg.nodes.nodes_lora import RLGLoraLoaderModelOnly
     from comfyui_rlg.nodes.nodes_multi import RLGRLModel
     from comfyui_rlg.nodes.nodes_rlg import RLGApply, RLGGuider
     from comfyui_rlg.nodes.rlg_math import RLGInputError
+    from harness import sampling as h
 
     base, rl = h.load_model("sd3"), h.load_model("sd3", rl_seed=1)
     with pytest.raises(RLGInputError, match="schedule is 'exponential'; it must be one of constant, linear, cosine"):
@@ -534,14 +536,14 @@ def test_two_rlg_nodes_in_one_graph_each_equal_the_node_alone(server, refs, a, b
     alone_a, alone_b = single(a, 1.5), single(b, 2.5)
     both = rh.two_rlg_graph(alone_a, alone_b)
     ticket = refs.submit(both)
-    together = rh.latents(server, rh.run_ok(server, both))
-    by_itself = {"7a": rh.latents(server, rh.run_ok(server, alone_a))["7"],
-                 "7b": rh.latents(server, rh.run_ok(server, alone_b))["7"]}
+    together = server.latents(rh.run_ok(server, both))
+    by_itself = {"7a": server.latents(rh.run_ok(server, alone_a))["7"],
+                 "7b": server.latents(rh.run_ok(server, alone_b))["7"]}
     assert torch.equal(together["7a"], by_itself["7a"]) and torch.equal(together["7b"], by_itself["7b"]), (
-        rh.max_diff(together, by_itself))
+        max_diff(together, by_itself))
     want = refs.result(ticket)
-    assert rh.max_diff(together, want) <= rh.tolerance(want)
-    assert rh.max_diff({"x": together["7a"]}, {"x": together["7b"]}) > 1e-3
+    assert max_diff(together, want) <= tolerance(want)
+    assert max_diff({"x": together["7a"]}, {"x": together["7b"]}) > 1e-3
     rh.RESULTS["two_nodes"].append(f"{a} + {b}")
 
 
@@ -649,7 +651,7 @@ def test_the_pack_opens_no_connection_runs_no_code_and_reads_only_its_model_file
     """Import, loading (good and refused LoRAs) and sampling, in-process, under an audit hook."""
     import comfy.utils
 
-    import harness as h
+    from harness import sampling as h
 
     loras = tmp_path / "loras"
     loras.mkdir()
@@ -671,7 +673,7 @@ def test_the_pack_opens_no_connection_runs_no_code_and_reads_only_its_model_file
 
     comfy.utils.load_torch_file = recording_load
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models; and spin-waiting threads crawl on a busy machine (see rh.one_torch_thread)
+    torch.set_num_threads(1)  # tiny models; spin-waiting threads crawl on a busy machine (see ONE_TORCH_THREAD)
     try:
         with _loras_folder(loras), _watching() as events:
             pack = _fresh_pack(name)

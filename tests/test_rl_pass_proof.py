@@ -18,10 +18,10 @@ import comfy.patcher_extension
 import pytest
 import torch
 
-import harness as h
 from comfyui_rlg.nodes.apply import apply_rlg
 from comfyui_rlg.nodes.rl_delta import RLRowsForward
 from comfyui_rlg.nodes.rlg_math import RLGInputError
+from harness import sampling as h
 
 QKV = "diffusion_model.joint_blocks.0.x_block.attn.qkv"
 

@@ -12,9 +12,9 @@ import comfy.samplers
 import pytest
 import torch
 
-import harness as h
-import tiny_models as tm
 from comfyui_rlg.nodes.apply import apply_rlg
+from harness import sampling as h
+from harness import tiny_models as tm
 
 TOL = 1e-5
 IDENTITY_DIFFS = h.IDENTITY_DIFFS

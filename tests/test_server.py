@@ -12,10 +12,9 @@ import pytest
 import safetensors.torch
 import torch
 
-import harness as h
-import tiny_models as tm
-from comfy_server import ComfyServer, execution_error
-from conftest import COMFY_DIR
+from harness import sampling as h
+from harness import tiny_models as tm
+from harness.server import ComfyServer, execution_error
 
 pytestmark = pytest.mark.server
 
@@ -45,7 +44,7 @@ def server(tmp_path_factory):
         "  loras: loras\n"
         f"  custom_nodes: {TEST_NODES}\n"
     )
-    srv = ComfyServer(COMFY_DIR, work, config, ["ComfyUI-RLG", "rlg_test_nodes"]).start()
+    srv = ComfyServer(work, config, ["ComfyUI-RLG", "rlg_test_nodes"]).start()
     yield srv
     srv.stop()
 
@@ -111,7 +110,7 @@ def test_object_info_lists_the_nodes_with_tooltips(server):
 
 
 def test_rlg_prompt_over_http_matches_in_process_sampling(server):
-    entry = server.run_prompt(rlg_graph(FULL_RL, rlg_scale=1.5, prefix="latents/full"))
+    entry = server.run(rlg_graph(FULL_RL, rlg_scale=1.5, prefix="latents/full"))
     assert entry["status"]["status_str"] == "success", entry["status"]
     out = saved_latent(server, entry)
     base = h.load_model("sd3")
@@ -123,17 +122,17 @@ def test_rlg_prompt_over_http_matches_in_process_sampling(server):
 
 
 def test_base_prompt_after_lora_rlg_prompt_is_untouched(server):
-    first = saved_latent(server, server.run_prompt(base_only_graph("latents/base_a")))
-    rlg = server.run_prompt(rlg_graph(LORA_RL, rlg_scale=2.0, prefix="latents/lora"))
+    first = saved_latent(server, server.run(base_only_graph("latents/base_a")))
+    rlg = server.run(rlg_graph(LORA_RL, rlg_scale=2.0, prefix="latents/lora"))
     assert rlg["status"]["status_str"] == "success", rlg["status"]
-    again = saved_latent(server, server.run_prompt(base_only_graph("latents/base_b")))
+    again = saved_latent(server, server.run(base_only_graph("latents/base_b")))
     assert torch.equal(first, again)
     assert h.max_diff(saved_latent(server, rlg), first) > 1e-3
 
 
 def test_bad_window_is_refused_with_a_message_naming_the_inputs(server):
     graph = rlg_graph(FULL_RL, start=0.8, end=0.2, prefix="latents/bad")
-    entry = server.run_prompt(graph)
+    entry = server.run(graph)
     err = execution_error(entry)
     assert entry["status"]["status_str"] == "error" and err is not None
     assert err["node_type"] == "RLGApply"
@@ -156,10 +155,10 @@ def test_rlg_guider_through_sampler_custom_advanced(server):
                                                                  "latent_image": ["5", 0]}},
         "7": {"class_type": "SaveLatent", "inputs": {"samples": ["14", 0], "filename_prefix": "latents/guider"}},
     })
-    entry = server.run_prompt(graph)
+    entry = server.run(graph)
     assert entry["status"]["status_str"] == "success", entry["status"]
     via_guider = saved_latent(server, entry)
-    via_ksampler = saved_latent(server, server.run_prompt(rlg_graph(LORA_RL, rlg_scale=1.5, prefix="latents/ks")))
+    via_ksampler = saved_latent(server, server.run(rlg_graph(LORA_RL, rlg_scale=1.5, prefix="latents/ks")))
     assert h.max_diff(via_guider, via_ksampler) <= 1e-5
 
 
@@ -178,7 +177,7 @@ def test_two_rl_loras_over_http(server):
     })
     graph["6"]["inputs"]["model"] = ["23", 0]
     graph["7"]["inputs"]["filename_prefix"] = "latents/two_loras"
-    entry = server.run_prompt(graph)
+    entry = server.run(graph)
     assert entry["status"]["status_str"] == "success", entry["status"]
     out = saved_latent(server, entry)
 

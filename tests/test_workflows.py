@@ -14,7 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from conftest import ROOT
+from harness.host import ROOT
 
 UI_DIR = ROOT / "example_workflows"
 API_DIR = Path(__file__).resolve().parent / "workflows_api"
@@ -63,7 +63,7 @@ def test_rlg_is_last_before_the_sampler():
 @pytest.mark.server
 @pytest.mark.frontend
 def test_ui_workflows_convert_to_their_api_twins_in_the_front_end(workflow_server):
-    from frontend import browser_page
+    from harness.frontend import browser_page
 
     with browser_page(workflow_server.url) as page:
         for name in WORKFLOWS:
@@ -83,7 +83,7 @@ def _strip(graph: dict) -> dict:
 @pytest.mark.server
 @pytest.mark.frontend
 def test_workflows_saved_before_the_new_widgets_load_with_their_values(workflow_server):
-    from frontend import browser_page
+    from harness.frontend import browser_page
 
     assert LEGACY
     info = workflow_server.get("/object_info")
@@ -217,7 +217,7 @@ def test_workflow_runs_end_to_end_with_stand_in_models(workflow_server, name):
 
 def _run_stand_in(server, api_graph: dict, name: str, prefix: str) -> torch.Tensor:
     graph = stand_in_graph(api_graph, RUNNABLE[name], prefix)
-    entry = server.run_prompt(graph)
+    entry = server.run(graph)
     assert entry["status"]["status_str"] == "success", (entry["status"], server.log())
     (save_id,) = [k for k, v in graph.items() if v["class_type"] == "SaveLatent"]
     (info,) = entry["outputs"][save_id]["latents"]

@@ -4,13 +4,9 @@ Demo-only (loaded by `make demo` / `make demo-server`), not part of the shipped 
 for a text encoder, which the tiny demo models do not have.
 """
 
-import os
-import sys
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-import synthetic  # noqa: E402
-import torch  # noqa: E402
+from demo import synthetic  # the checkout is on the server's PYTHONPATH (harness.host.child_env, make demo-server)
 
 
 class RLGDemoPrompt:

@@ -8,13 +8,8 @@ server holds (loaded models, hooks and weights of a model, live tensors, residen
 returns a model whose forward raises after a given number of calls.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-import reliability_probe  # noqa: E402
-import tiny_models  # noqa: E402
+from harness import probe as reliability_probe  # the checkout is on the server's PYTHONPATH (harness.host.child_env)
+from harness import tiny_models
 
 
 class RLGTestConditioning:
@@ -33,7 +28,7 @@ class RLGTestConditioning:
 
     def make(self, family, seed, batch_size):
         if family == "wan_file":  # the by-file Wan stand-ins of the workflow tests (tests/tiny_families.py)
-            import tiny_families
+            from harness import tiny_families
 
             return tiny_families.wan_conds(batch_size, seed)
         return tiny_models.tiny_conds(family, batch_size, seed)

@@ -6,15 +6,14 @@ detector and loaders expect); only the sizes are made small. No download is invo
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demo"))
-import tiny_sd3  # noqa: E402  (the demo's model; one definition of the tiny SD3 for both)
+from . import tiny_sd3
+from .weights import perturbed, seeded_state_dict
 
-# SD3 / MMDiT: see demo/tiny_sd3.py (1.1 M parameters).
+__all__ = ["perturbed"]  # the RL twin of a tiny model, with the builders below
+
+# SD3 / MMDiT: see tiny_sd3.py (1.1 M parameters; the demo's model too).
 SD3_CONTEXT_DIM = tiny_sd3.CONTEXT_DIM
 SD3_POOLED_DIM = tiny_sd3.POOLED_DIM
 SD3_LATENT_CHANNELS = tiny_sd3.LATENT_CHANNELS
@@ -25,13 +24,9 @@ SD15_CONTEXT_DIM = 768
 SD15_LATENT_CHANNELS = 4
 
 
-def _fill_seeded(module: torch.nn.Module, seed: int, std: float) -> dict[str, torch.Tensor]:
-    return tiny_sd3.seeded_state_dict(module, seed, std)
-
-
 def tiny_sd3_state_dict(seed: int = 0, std: float = 0.05, qk_norm: str | None = None) -> dict[str, torch.Tensor]:
     """qk_norm="rms" gives SD3.5's attention RMSNorm (plain torch parameters, not comfy layers)."""
-    return _fill_seeded(tiny_sd3.build_mmdit(qk_norm), seed, std)
+    return seeded_state_dict(tiny_sd3.build_mmdit(qk_norm), seed, std)
 
 
 def tiny_sd15_state_dict(seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:
@@ -57,17 +52,7 @@ def tiny_sd15_state_dict(seed: int = 0, std: float = 0.02) -> dict[str, torch.Te
         dtype=torch.float32,
         operations=comfy.ops.disable_weight_init,
     )
-    return _fill_seeded(net, seed, std)
-
-
-def perturbed(state_dict: dict[str, torch.Tensor], seed: int, rel: float = 0.3) -> dict[str, torch.Tensor]:
-    """A 'fine-tuned' full model: every weight moved by a seeded relative perturbation."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in sorted(state_dict.items()):
-        noise = torch.randn(value.shape, generator=gen)
-        out[key] = (value + rel * value.std().clamp_min(1e-3) * noise).contiguous()
-    return out
+    return seeded_state_dict(net, seed, std)
 
 
 def lora_for(
@@ -137,7 +122,7 @@ def tiny_sd15_controlnet_state_dict(seed: int = 0, std: float = 0.02) -> dict[st
         use_linear_in_transformer=False, use_spatial_transformer=True, legacy=False, device="cpu",
         dtype=torch.float32, operations=comfy.ops.disable_weight_init,
     )
-    return {"control_model." + k: v for k, v in _fill_seeded(net, seed, std).items()}
+    return {"control_model." + k: v for k, v in seeded_state_dict(net, seed, std).items()}
 
 
 def scaled_fp8(state_dict: dict[str, torch.Tensor], match: tuple[str, ...] = ("attn", "mlp")) -> dict:

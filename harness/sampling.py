@@ -1,4 +1,4 @@
-"""Helpers for in-process tests on the real ComfyUI: tiny models, conds, sampling, probes."""
+"""In-process sampling through the real ComfyUI: tiny models loaded as UNETLoader would, KSampler, probes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import comfy.sd
 import comfy.utils
 import torch
 
-import tiny_models as tm
-from comfyui_rlg.nodes.apply import apply_rlg  # noqa: F401  (re-exported for tests)
+from . import tiny_models as tm
+from .weights import max_diff, tolerance
+
+__all__ = ["max_diff", "tolerance"]  # with the helpers below, what tests use as h.*
 
 # Filled by the identity tests, printed at the end of the run by conftest.
 IDENTITY_DIFFS: dict[str, float] = {}
@@ -118,18 +120,3 @@ def probe_predictions(model, xs: list[torch.Tensor], sigmas: torch.Tensor, posit
 
 def schedule(model, steps: int = 4, scheduler: str = "simple") -> torch.Tensor:
     return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
-
-
-def tolerance(ref: torch.Tensor, rel: float = 1e-5) -> float:
-    """Float tolerance for an identity: rel * (1 + max |ref|).
-
-    Two exact computations can still round differently (a LoRA merged into the weight against the
-    same LoRA added in the forward), and latents are scaled (1 / 0.18215 for SD1.5), so the bound
-    follows the reference's magnitude.
-    """
-    return rel * (1.0 + float(ref.detach().abs().max()))
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).detach().abs().max())
-

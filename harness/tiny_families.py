@@ -29,6 +29,8 @@ import comfy.supported_models
 import comfy.utils
 import torch
 
+from .weights import norm_vectors, perturbed, seeded_state_dict
+
 FAMILIES = ("flux", "qwen_image", "wan21", "wan22", "wan22_5b", "sdxl")
 FRAMES = 2  # latent frames of the video families: a 5-frame clip
 
@@ -100,25 +102,6 @@ EXPECTED_CLASS = {"flux": "Flux", "qwen_image": "QwenImage", "wan21": "WAN21_T2V
                   "wan22_5b": "WAN22_T2V", "sdxl": "SDXL"}
 
 
-def _seeded(module: torch.nn.Module, seed: int, std: float) -> dict[str, torch.Tensor]:
-    """Deterministic weights in sorted-key order; norm scales 1, everything else N(0, std)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in sorted(module.state_dict().items()):
-        if value.ndim == 1 and ("norm" in key or key.endswith(".scale")) and not key.endswith("bias"):
-            tensor = torch.ones(value.shape)
-        else:
-            tensor = torch.randn(value.shape, generator=gen) * std
-        out[key] = tensor.contiguous()
-    return out
-
-
-def _perturbed(sd: dict[str, torch.Tensor], seed: int, rel: float = 0.3) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {k: (v + rel * v.std().clamp_min(1e-3) * torch.randn(v.shape, generator=gen)).contiguous()
-            if v.numel() > 1 else v for k, v in sorted(sd.items())}
-
-
 STD = {"flux": 0.08, "qwen_image": 0.08, "wan21": 0.08, "wan22": 0.08, "wan22_5b": 0.08, "sdxl": 0.05}
 
 
@@ -136,8 +119,8 @@ def build(family: str, state_dict: dict[str, torch.Tensor] | None = None, device
 
 @functools.cache
 def state_dict(family: str, seed: int = 0, rl_seed: int | None = None) -> dict[str, torch.Tensor]:
-    base = _seeded(build(family).model.diffusion_model, seed, STD[family])
-    return _perturbed(base, rl_seed) if rl_seed is not None else base
+    base = seeded_state_dict(build(family).model.diffusion_model, seed, STD[family], unit=norm_vectors)
+    return perturbed(base, rl_seed) if rl_seed is not None else base
 
 
 def load(family: str, seed: int = 0, rl_seed: int | None = None):
@@ -347,7 +330,7 @@ def wan_file_state_dict(seed: int, in_dim: int = 36) -> dict[str, torch.Tensor]:
     cfg["num_heads"], cfg["freq_dim"] = 1, 256
     config = comfy.model_detection.model_config_from_unet_config(cfg)
     config.set_inference_dtype(torch.float32, None)
-    return _seeded(config.get_model({}, "").diffusion_model, seed, 0.05)
+    return seeded_state_dict(config.get_model({}, "").diffusion_model, seed, 0.05, unit=norm_vectors)
 
 
 def wan_conds(batch: int = 1, seed: int = 0, context: int = 4096):

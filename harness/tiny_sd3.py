@@ -35,19 +35,6 @@ def build_mmdit(qk_norm: str | None = None, depth: int = 2) -> torch.nn.Module:
     )
 
 
-def seeded_state_dict(net: torch.nn.Module, seed: int, std: float) -> dict[str, torch.Tensor]:
-    """Deterministic weights: every tensor from one generator in sorted-key order; norm scales 1."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in sorted(net.state_dict().items()):
-        if key.endswith("norm.weight") or (".ln_" in key and key.endswith(".weight")):
-            tensor = torch.ones(value.shape)
-        else:
-            tensor = torch.randn(value.shape, generator=gen) * std
-        out[key] = tensor.to(torch.float32).contiguous()
-    return out
-
-
 def flow_sigmas(steps: int, shift: float = SHIFT) -> torch.Tensor:
     """SD3's shifted flow schedule from 1 to 0 (what ComfyUI's 'simple' scheduler approximates)."""
     t = torch.linspace(1.0, 0.0, steps + 1)

@@ -9,14 +9,13 @@ from pathlib import Path
 import comfy.sd
 import safetensors.torch
 
-import harness as h
-import tiny_families as tf
-import tiny_models as tm
-from comfy_server import ComfyServer
-from conftest import COMFY_DIR, ROOT
+from . import sampling as h
+from . import tiny_families as tf
+from . import tiny_models as tm
+from .host import ROOT
+from .server import ComfyServer
 
-TESTS = Path(__file__).resolve().parent
-TEST_NODES = TESTS / "comfy_test_nodes"
+TEST_NODES = ROOT / "tests" / "comfy_test_nodes"
 DEMO_NODES = ROOT / "demo" / "comfy_nodes"
 
 # The Wan 2.2 workflow's files: tiny Wan2.2-Fun-A14B-InP experts (ComfyUI detects Wan from its weights) and
@@ -80,4 +79,4 @@ def start_workflow_server(work: Path) -> ComfyServer:
     config.write_text(f"t:\n  base_path: {models}\n  checkpoints: checkpoints\n  diffusion_models: diffusion_models\n"
                       f"  loras: loras\n  clip: clip\n  vae: vae\n"
                       f"  custom_nodes: |\n    {TEST_NODES}\n    {DEMO_NODES}\n")
-    return ComfyServer(COMFY_DIR, work, config, ["ComfyUI-RLG", "rlg_test_nodes", "rlg_demo_nodes"]).start()
+    return ComfyServer(work, config, ["ComfyUI-RLG", "rlg_test_nodes", "rlg_demo_nodes"]).start()

@@ -1,6 +1,6 @@
 """The fresh process that samples, for tests/test_reliability.py, the graphs it checks a server against.
 
-    python reliability_reference.py <ComfyUI dir> <models dir> <output dir>
+    python -m harness.reference <models dir> <output dir>      (on the tree harness.host.comfy_dir() names)
 
 It never talks to the server. It imports ComfyUI as a library with the server's settings (--cpu),
 loads this pack as ComfyUI does, and reads API-format graphs, one JSON object per line on stdin:
@@ -13,7 +13,6 @@ SaveLatent's node id. It answers each graph with one line on its stdout: {"id": 
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -21,8 +20,10 @@ import sys
 import traceback
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
+from .host import ROOT, use_comfy
+from .pack import node_classes
+
+TEST_NODES = ROOT / "tests" / "comfy_test_nodes" / "rlg_test_nodes" / "__init__.py"
 
 
 def _protocol_stream():
@@ -33,14 +34,8 @@ def _protocol_stream():
     return proto
 
 
-def _setup(comfy_dir: Path, models: Path) -> dict:
-    sys.path.insert(0, str(comfy_dir))
-    sys.path.insert(0, str(TESTS))
-    sys.path.insert(0, str(ROOT / "demo"))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True  # what the test server runs with (--cpu), nothing more
-    import comfy.model_management  # noqa: F401  (reads args.cpu at import)
+def _setup(models: Path) -> dict:
+    use_comfy(cpu=True)  # what the test server runs with (--cpu), nothing more
     import folder_paths
 
     folder_paths.add_model_folder_path("diffusion_models", str(models / "diffusion_models"), is_default=True)
@@ -49,16 +44,8 @@ def _setup(comfy_dir: Path, models: Path) -> dict:
     import nodes
     from comfy_extras.nodes_sd3 import EmptySD3LatentImage
 
-    spec = importlib.util.spec_from_file_location("comfyui_rlg", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_rlg"] = pack
-    spec.loader.exec_module(pack)
-    extension = asyncio.run(pack.comfy_entrypoint())
-    pack_nodes = {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}
-
-    spec = importlib.util.spec_from_file_location(
-        "rlg_test_nodes", TESTS / "comfy_test_nodes" / "rlg_test_nodes" / "__init__.py")
+    pack_nodes = node_classes()
+    spec = importlib.util.spec_from_file_location("rlg_test_nodes", TEST_NODES)
     test_nodes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(test_nodes)
 
@@ -95,9 +82,9 @@ def run_graph(graph: dict, classes: dict) -> dict:
 
 
 def main() -> None:
-    comfy_dir, models, out_dir = (Path(a) for a in sys.argv[1:4])
+    models, out_dir = (Path(a) for a in sys.argv[1:3])
     proto = _protocol_stream()
-    classes = _setup(comfy_dir, models)
+    classes = _setup(models)
     import safetensors.torch
     import torch
 
