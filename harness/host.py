@@ -37,12 +37,12 @@ class HostError(RuntimeError):
 
 
 def host_dir() -> Path:
-    return Path(os.environ.get(HOST_DIR_ENV, ROOT / ".comfy-host")).resolve()
+    return Path(os.environ.get(HOST_DIR_ENV) or ROOT / ".comfy-host").resolve()
 
 
 def comfy_dir() -> Path:
     """The ComfyUI tree of this process (RLG_COMFY_DIR, else the default host)."""
-    return Path(os.environ.get(COMFY_DIR_ENV, host_dir() / "ComfyUI")).resolve()
+    return Path(os.environ.get(COMFY_DIR_ENV) or host_dir() / "ComfyUI").resolve()
 
 
 def comfy_version(tree: Path | None = None) -> str:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from . import host
 
-
 # The folder name ComfyUI knows the pack by: the whitelist, /extensions/ComfyUI-RLG/ and the template browser use it.
 PACK_DIR_NAME = "ComfyUI-RLG"
 

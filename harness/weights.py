@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-
 # Which weights start at 1 (normalisation scales, as the networks initialise them) rather than at random. Two
 # naming rules, each kept as the models were first made with it, so their weights stay what they were.
 UnitRule = Callable[[str, torch.Tensor], bool]
@@ -28,7 +27,7 @@ def norm_vectors(key: str, value: torch.Tensor) -> bool:
 
 
 def seeded_state_dict(module: torch.nn.Module, seed: int, std: float, unit: UnitRule = norm_weight_keys,
-                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> dict:
     """Deterministic weights for `module`'s state dict: one generator in sorted-key order, N(0, std), the
     weights `unit` picks 1. The module may live on the meta device (only its shapes are read)."""
     gen = torch.Generator(device).manual_seed(seed)

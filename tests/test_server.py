@@ -12,6 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from comfyui_rlg.nodes.apply import apply_rlg
 from harness import sampling as h
 from harness import tiny_models as tm
 from harness.server import ComfyServer, execution_error
@@ -115,7 +116,7 @@ def test_rlg_prompt_over_http_matches_in_process_sampling(server):
     out = saved_latent(server, entry)
     base = h.load_model("sd3")
     rl = h.load_model("sd3", rl_seed=1)
-    expected = h.ksample(h.apply_rlg(base, rl, 1.5, 0.0, 1.0), cfg=3.0, steps=4, seed=42)
+    expected = h.ksample(apply_rlg(base, rl, 1.5, 0.0, 1.0), cfg=3.0, steps=4, seed=42)
     assert out.shape == expected.shape
     assert h.max_diff(out, expected) <= 1e-4
     assert h.max_diff(out, h.ksample(base, cfg=3.0, steps=4, seed=42)) > 1e-3
