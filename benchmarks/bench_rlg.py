@@ -58,10 +58,11 @@ def _setup_comfy():
 
 
 def _load_pack():
+    """RLG Apply's one RL model through the pack's one entry, attach_rlg (harness.sampling.rlg)."""
     load_pack()
-    from comfyui_rlg.nodes.apply import apply_rlg
+    from harness.sampling import rlg
 
-    return apply_rlg
+    return rlg
 
 
 def _with_weight_functions(base, lora):
@@ -108,11 +109,11 @@ def sd35m_state_dict() -> dict:
 def _several(base, loras):
     """RLG Apply (several RL models) over LoRA RL models, each at its own scale."""
     _load_pack()
-    from comfyui_rlg.nodes.apply import apply_rlg_terms
-    from comfyui_rlg.nodes.rlg_math import TermSpec
+    from comfyui_rlg.nodes.apply import attach_rlg
+    from comfyui_rlg.nodes.settings import RLGSettings
 
     scales = (1.2, 0.8, 0.5)[:len(loras)]
-    return apply_rlg_terms(base, [(lora, TermSpec(scale)) for lora, scale in zip(loras, scales, strict=True)])
+    return attach_rlg(base, [(lora, RLGSettings(scale)) for lora, scale in zip(loras, scales, strict=True)])
 
 
 class Bench:
@@ -167,16 +168,16 @@ class Bench:
         self.latent = torch.zeros(self.batch, 16, self.side, self.side)
 
     def model_for(self, case: str):
-        apply_rlg = _load_pack()
+        rlg = _load_pack()
         return {
             "base": lambda: self.base,
             "rl": lambda: self.rl,
             "lora": lambda: self.lora,
-            "rlg": lambda: apply_rlg(self.base, self.rl, 1.5, 0.0, 1.0),
-            "rlg_lora": lambda: apply_rlg(self.base, self.lora, 1.5, 0.0, 1.0, batched=False),
+            "rlg": lambda: rlg(self.base, self.rl, 1.5, 0.0, 1.0),
+            "rlg_lora": lambda: rlg(self.base, self.lora, 1.5, 0.0, 1.0, batched=False),
             "rlg_lora_wrappers": lambda: _with_weight_functions(self.base, self.lora),
-            "rlg_lora_batched": lambda: apply_rlg(self.base, self.lora, 1.5, 0.0, 1.0, batched=True),
-            "rlg_window50": lambda: apply_rlg(self.base, self.rl, 1.5, 0.5, 1.0),
+            "rlg_lora_batched": lambda: rlg(self.base, self.lora, 1.5, 0.0, 1.0, batched=True),
+            "rlg_window50": lambda: rlg(self.base, self.rl, 1.5, 0.5, 1.0),
             "lora2": lambda: self.loras[1],
             "lora3": lambda: self.loras[2],
             "rlg_2loras": lambda: _several(self.base, self.loras[:2]),

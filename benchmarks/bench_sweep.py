@@ -23,7 +23,7 @@ def measure(size: str, sizes: dict, reps: int) -> None:
     import comfy.sample
     import torch
 
-    apply_rlg = bench_rlg._load_pack()
+    rlg = bench_rlg._load_pack()
     from comfyui_rlg.nodes.nodes_sweep import RLGScaleSweep
 
     bench = bench_rlg.Bench(size, sizes, need=("rl", "lora"))
@@ -43,7 +43,7 @@ def measure(size: str, sizes: dict, reps: int) -> None:
             return time.perf_counter() - t0
 
     def singles(rl):
-        return sum(sample(apply_rlg(bench.base, rl, s, 0.0, 1.0), one) for s in SCALES)
+        return sum(sample(rlg(bench.base, rl, s, 0.0, 1.0), one) for s in SCALES)
 
     batch = {"samples": one["samples"].repeat(k, 1, 1, 1), "batch_index": [0] * k}
     cases = {}
@@ -51,7 +51,7 @@ def measure(size: str, sizes: dict, reps: int) -> None:
         sweep_model, swept = RLGScaleSweep.execute(bench.base, rl, one, scales, 0.0, 1.0).args
         cases[f"{form}: sweep of {k} scales"] = (sample, sweep_model, swept)
         cases[f"{form}: {k} single runs"] = (lambda rl, _: singles(rl), rl, None)
-        cases[f"{form}: one RLG run at batch {k}"] = (sample, apply_rlg(bench.base, rl, 1.5, 0.0, 1.0), batch)
+        cases[f"{form}: one RLG run at batch {k}"] = (sample, rlg(bench.base, rl, 1.5, 0.0, 1.0), batch)
     for run, *inputs in cases.values():  # warm-up
         run(*inputs)
     names = list(cases)

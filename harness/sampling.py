@@ -120,3 +120,17 @@ def probe_predictions(model, xs: list[torch.Tensor], sigmas: torch.Tensor, posit
 
 def schedule(model, steps: int = 4, scheduler: str = "simple") -> torch.Tensor:
     return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+
+
+def rlg(model, rl_model, rlg_scale, start_percent=0.0, end_percent=1.0, batched=None, schedule="constant",
+        end_scale=None, rl_cfg=None, outside_window="RL model", rl_every=1):
+    """RLG Apply's one RL model, through the pack's one entry (attach_rlg), with RLG Apply's defaults.
+
+    The settings are the node's, as values: rl_cfg None is the sampler's cfg (the widget's 0).
+    """
+    from comfyui_rlg.nodes.apply import attach_rlg
+    from comfyui_rlg.nodes.settings import RLBranchCFG, RLGSettings
+
+    settings = RLGSettings(rlg_scale, start_percent, end_percent, schedule, end_scale, RLBranchCFG(rl_cfg),
+                           outside_window, rl_every)
+    return attach_rlg(model, [(rl_model, settings)], batched=batched)

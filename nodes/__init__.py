@@ -1,17 +1,25 @@
 """ComfyUI-RLG: Reinforcement Learning Guidance for ComfyUI.
 
-Where things are:
-  rlg_math.py      the blend base + sum w_i (rl_i - base), windows, ramps, CFG per branch (pure torch)
-  patch_diff.py    what the RL model adds to the base: weight patches, options (pure Python)
-  model_pair.py    checks a (base, RL) pair and holds the RL model: separate, or base + LoRA
-  rlg_sampling.py  the CALC_COND_BATCH wrapper: the per-step blend happens in its __call__
-  rl_delta.py      a LoRA RL model's part, layer by layer, run for one forward (hooks, weight functions)
-  apply.py         apply_rlg() and apply_rlg_terms(), what the nodes call
-  nodes_rlg.py     the RLG Apply and RLG Guider nodes, and the inputs all RLG nodes share
-  nodes_multi.py   several RL models: RLG RL Model, RLG Apply / Guider (several RL models)
-  nodes_sweep.py   RLG Scale Sweep (a scale per batch row) and RLG Sweep Grid; sweep_grid.py draws the grid
-  peft_alpha.py    the alpha PEFT LoRAs keep in adapter_config.json (pure Python)
-  nodes_lora.py    Load LoRA (PEFT aware)
+Where things are, top down (each layer imports only the ones below it):
+
+  nodes            nodes_rlg.py     RLG Apply, RLG Guider (one RL model)
+                   nodes_multi.py   RLG RL Model, RLG Apply / Guider (several RL models)
+                   nodes_sweep.py   RLG Scale Sweep, RLG Sweep Grid (sweep_grid.py draws the grid)
+                   nodes_lora.py    Load LoRA (PEFT aware)
+                   widgets.py       the widgets the nodes share, with their limits and tooltips
+  apply            apply.py         attach_rlg(): puts RLG on a model; every node, test and benchmark uses it
+  the step         step.py          RLGCondBatchWrapper.__call__: where each step's blend happens
+                   branch_cfg.py    CFG per branch (rl_cfg), the pre-CFG half
+                   rl_passes.py     runs the base and each RL model for a step
+                   rl_options.py    an RL pass's options; the newest host's plumbing (multi-GPU, caches)
+  RL-model forms   model_pair.py    checks a (base, RL) pair: separate file, base + LoRA (shared), identical
+                   rl_delta.py      a LoRA RL model's part, layer by layer, run for one forward and proven
+  pure             rlg_math.py      the blend, windows, ramps, CFG per branch, the correction between
+                                    evaluations (torch only)
+                   settings.py      one RL model's settings, checked, and every limit
+                   patch_diff.py    what the RL model adds to the base's patches and options
+                   peft_alpha.py    the alpha PEFT LoRAs keep in adapter_config.json
+                   errors.py        RLGInputError, RLGRuntimeError
 """
 
 from comfy_api.latest import ComfyExtension, io

@@ -1,6 +1,6 @@
 """How the RL model is held next to the base: the checks, and which form it takes.
 
-ComfyUI glue. Three forms reach RLG:
+ComfyUI glue. Three forms reach RLG (PairForm):
 
 * separate: the RL model is its own module (a second checkpoint or diffusion-model file). It is
   registered as an additional model of the base, so ComfyUI loads both for sampling and frees
@@ -9,7 +9,9 @@ ComfyUI glue. Three forms reach RLG:
   rl_model). Only one set of patches can be baked into a shared module, so the base's set is
   baked in and the RL model's extra patches (an RLDelta, nodes/rl_delta.py) are added on the fly,
   only for the RL model's rows of a forward. No second copy of the weights, and no re-patching of
-  the whole model at each step.
+  the whole model at each step. Newest ComfyUI's bypass LoRA loader (LoraLoaderBypassModelOnly)
+  keeps the LoRA as an injection instead of patches; RLG reads the LoRA out of it and runs it the
+  same way.
 * identical: the RL model adds nothing; RLG then has no effect and only the base runs.
 """
 
@@ -17,17 +19,30 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 import comfy.model_patcher
 
+from .errors import RLGInputError
 from .patch_diff import DivergentPatchesError, added_entries, extra_weight_patches
 from .rl_delta import RLDelta, build_layer_deltas
-from .rlg_math import RLGInputError
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
 log = logging.getLogger("ComfyUI-RLG")
 
 ADDITIONAL_MODELS_KEY = "rlg_rl_model"
+BYPASS_INJECTIONS = "bypass_lora"  # the key ComfyUI's bypass LoRA loader keeps its injection under
+
+
+class PairForm(str, Enum):
+    """How the RL model runs next to the base (see the module's docstring)."""
+
+    SEPARATE = "separate"
+    SHARED = "shared"
+    IDENTICAL = "identical"
 
 # unet_config entries that say how weights are stored, not what the network is.
 _STORAGE_KEYS = ("dtype", "device", "operations")
@@ -41,7 +56,7 @@ def _prediction_kind(model_sampling: Any) -> str:
     return type(model_sampling).__name__
 
 
-def describe_model(patcher: Any) -> str:
+def describe_model(patcher: ModelPatcher) -> str:
     model = patcher.model
     config = getattr(model, "model_config", None)
     family = type(config).__name__ if config is not None else type(model).__name__
@@ -66,7 +81,8 @@ def _architecture(patcher: Any) -> dict:
     }
 
 
-def check_same_architecture(base: Any, rl: Any, base_input: str = "model", rl_input: str = "rl_model") -> None:
+def check_same_architecture(base: ModelPatcher, rl: ModelPatcher, base_input: str = "model",
+                            rl_input: str = "rl_model") -> None:
     """Refuse pairs whose predictions cannot be blended.
 
     The conds are encoded once, by the base model; a model of another family either fails with a
@@ -94,13 +110,13 @@ def _diverging(base: dict, rl: dict) -> list[str]:
 class RLModelPair:
     """The RL model as RLG runs it, next to the base patcher it was checked against.
 
-    mode: "separate" (its own module), "shared" (the base's module plus `delta`) or "identical".
+    form: separate (its own module), shared (the base's module plus `delta`) or identical.
     own_options: a shared RL model whose options differ from the base's (its own wrappers, say),
     so its pass runs with its own options and cannot share a forward with the base's rows.
     """
 
-    mode: str
-    rl_patcher: Any
+    form: PairForm
+    rl_patcher: ModelPatcher
     base_transformer_options: dict
     base_patch_keys: dict[str, int]
     delta: RLDelta | None = None
@@ -117,7 +133,7 @@ def _divergent_message(err: DivergentPatchesError, rl_input: str) -> str:
     )
 
 
-def build_pair(base: Any, rl: Any, rl_input: str = "rl_model") -> RLModelPair:
+def build_pair(base: ModelPatcher, rl: ModelPatcher, rl_input: str = "rl_model") -> RLModelPair:
     """Check the pair and decide how the RL pass runs. Raises RLGInputError for unusable pairs."""
     check_same_architecture(base, rl, rl_input=rl_input)
     base_options = comfy.model_patcher.create_model_options_clone(base.model_options)
@@ -125,12 +141,14 @@ def build_pair(base: Any, rl: Any, rl_input: str = "rl_model") -> RLModelPair:
     base_patch_keys = {k: len(v) for k, v in base.patches.items()}
 
     if not base.is_clone(rl):
-        return RLModelPair("separate", rl, base_to, base_patch_keys)
+        return RLModelPair(PairForm.SEPARATE, rl, base_to, base_patch_keys)
 
     try:
         extra = extra_weight_patches(base.patches, rl.patches)
     except DivergentPatchesError as err:
         raise RLGInputError(_divergent_message(err, rl_input)) from None
+    for key, patches in bypass_lora_patches(base, rl, rl_input).items():
+        extra[key] = [*extra.get(key, ()), *patches]
 
     differing_objects = sorted(
         k for k in set(base.object_patches) | set(rl.object_patches)
@@ -146,8 +164,8 @@ def build_pair(base: Any, rl: Any, rl_input: str = "rl_model") -> RLModelPair:
     # What newer ComfyUI can also put on a LoRA clone. None of it can be switched per pass on a shared
     # module, and a pair compared by its weight patches alone would look identical: refuse it by name.
     for what, differing, fix in (
-        ("injections (ComfyUI's bypass LoRA loader)", _diverging(getattr(base, "injections", {}),
-                                                                  getattr(rl, "injections", {})),
+        ("injections", [k for k in _diverging(getattr(base, "injections", {}), getattr(rl, "injections", {}))
+                        if k != BYPASS_INJECTIONS],
          "load the RL LoRA with LoraLoaderModelOnly or Load LoRA (PEFT aware) instead"),
         ("weight wrappers", _diverging(base.weight_wrapper_patches, rl.weight_wrapper_patches),
          "load the RL model as a separate file, or apply that node to both inputs before the RL LoRA"),
@@ -166,8 +184,62 @@ def build_pair(base: Any, rl: Any, rl_input: str = "rl_model") -> RLModelPair:
     own_options = bool(rl_options_added) or rl.model_options.keys() != base.model_options.keys() \
         or rl.wrappers != base.wrappers or rl.callbacks != base.callbacks
     if delta.is_empty and not own_options:
-        return RLModelPair("identical", rl, base_to, base_patch_keys)
+        return RLModelPair(PairForm.IDENTICAL, rl, base_to, base_patch_keys)
     if delta.skipped:
         log.info("RLG: %d RL patches on non-leaf parameters are skipped, as ComfyUI's loader skips them: %s",
                  len(delta.skipped), ", ".join(layer.key for layer in delta.skipped[:3]))
-    return RLModelPair("shared", rl, base_to, base_patch_keys, delta=delta, own_options=own_options)
+    return RLModelPair(PairForm.SHARED, rl, base_to, base_patch_keys, delta=delta, own_options=own_options)
+
+
+def _bypass_refusal(rl_input: str, why: str) -> RLGInputError:
+    return RLGInputError(
+        f"{rl_input} comes from a bypass LoRA loader (LoraLoaderBypassModelOnly) whose injection {why}, so RLG cannot "
+        "run it for the RL pass only. Load the RL LoRA with LoraLoaderModelOnly or Load LoRA (PEFT aware) instead.")
+
+
+def _bypass_manager(injection: Any) -> Any:
+    """The BypassInjectionManager behind one of ComfyUI's bypass LoRA injections, or None.
+
+    ComfyUI keeps no reference to it but the injection's own closures (comfy/weight_adapter/bypass.py), so it is
+    found there and recognised by its class name and its adapters table.
+    """
+    for function in (getattr(injection, "inject", None), getattr(injection, "eject", None)):
+        for cell in getattr(function, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if type(value).__name__ == "BypassInjectionManager" and isinstance(getattr(value, "adapters", None), dict):
+                return value
+    return None
+
+
+def bypass_lora_patches(base: ModelPatcher, rl: ModelPatcher, rl_input: str = "rl_model") -> dict[str, list]:
+    """The LoRA a bypass LoRA loader put on rl_model, as the weight patches the stock loader would have added.
+
+    ComfyUI's bypass loader (newest ComfyUI) keeps a LoRA as an injection that replaces each layer's forward with
+    f(x) + strength * up(down(x)) * alpha / rank, for every row, whenever that patcher is the loaded one. RLG
+    samples the base, so the injection never runs; the same LoRA, read from the injection's adapters, runs as
+    RLG's own RL delta instead, exactly and for the RL rows only. Anything that is not a plain or mid LoRA
+    (LoHa, LoKr, DoRA, which the bypass path computes differently from a merged weight) is refused by name.
+    """
+    base_list = getattr(base, "injections", {}).get(BYPASS_INJECTIONS, [])
+    rl_list = getattr(rl, "injections", {}).get(BYPASS_INJECTIONS, [])
+    if len(rl_list) == len(base_list) and all(a is b for a, b in zip(base_list, rl_list, strict=True)):
+        return {}
+    if base_list:
+        raise _bypass_refusal(rl_input, "replaces model's own bypass LoRA (ComfyUI keeps only the last one)")
+    patches: dict[str, list] = {}
+    for injection in rl_list:
+        manager = _bypass_manager(injection)
+        if manager is None:
+            raise _bypass_refusal(rl_input, "is not one RLG can read on this ComfyUI version")
+        for module_path, entry in manager.adapters.items():
+            adapter, strength = entry
+            weights = getattr(adapter, "weights", None)
+            if getattr(adapter, "name", None) != "lora" or not isinstance(weights, tuple) or len(weights) < 3:
+                raise _bypass_refusal(rl_input, f"holds a {type(adapter).__name__} on {module_path}, not a LoRA")
+            if len(weights) > 4 and weights[4] is not None:
+                raise _bypass_refusal(rl_input, f"holds a DoRA LoRA on {module_path}")
+            patches.setdefault(module_path + ".weight", []).append((float(strength), adapter, 1.0, None, None))
+    return patches

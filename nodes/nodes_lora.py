@@ -11,6 +11,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from .errors import RLGInputError
 from .model_pair import describe_model
 from .peft_alpha import (
     PEFT_MODEL_PREFIX,
@@ -23,7 +24,6 @@ from .peft_alpha import (
     peft_layer_renames,
     with_renamed_layers,
 )
-from .rlg_math import RLGInputError
 
 log = logging.getLogger("ComfyUI-RLG")
 

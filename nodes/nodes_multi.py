@@ -1,4 +1,4 @@
-"""Several RL models at once: RLG RL Model (one term of the set), RLG Apply and RLG Guider over the set.
+"""Several RL models at once: RLG RL Model (one RL model of the set), RLG Apply and RLG Guider over the set.
 
 At every step the prediction is base + sum_i w_i (rl_i - base): each reward dialled on its own.
 """
@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .apply import apply_rlg_terms, check_term
-from .nodes_rlg import CATEGORY, cfg_guider, cfg_input, ramp_inputs, term_inputs, term_spec
+from .apply import attach_rlg
+from .nodes_rlg import CATEGORY, cfg_guider
+from .settings import OutsideWindow, RLGSettings
+from .widgets import cfg_input, outside_window_input, ramp_inputs, rl_every_input, term_inputs
 
 RLModels = io.Custom("RLG_RL_MODELS")
 
@@ -16,8 +18,8 @@ _RL_MODELS_TOOLTIP = (
     "The RL models to blend with the base, each with its own scale and window: a chain of RLG RL Model nodes."
 )
 _TERM_START_TOOLTIP = (
-    "Where in the schedule this RL model starts to count (0 = first step). Outside its window it is not run and "
-    "adds nothing; where no RL model counts, the base model runs alone."
+    "Where in the schedule this RL model starts to count (0 = first step). Outside its window: see outside_window "
+    "(by default it is not run and adds nothing; where no RL model counts, the base model runs alone)."
 )
 _TERM_END_TOOLTIP = "Where in the schedule this RL model stops counting (1 = last step)."
 
@@ -41,16 +43,19 @@ class RLGRLModel(io.ComfyNode):
                 *ramp_inputs(),
                 RLModels.Input("rl_models", optional=True,
                                tooltip="The RL models so far (from another RLG RL Model); this one is added to them."),
+                outside_window_input(OutsideWindow.OFF),
+                rl_every_input(),
             ],
             outputs=[RLModels.Output(tooltip="The RL models so far, with this one added.")],
         )
 
     @classmethod
     def execute(cls, rl_model, rlg_scale, start_percent, end_percent, schedule="constant", end_scale=1.0,
-                rl_cfg=0.0, rl_models=None) -> io.NodeOutput:
-        spec = term_spec(rlg_scale, start_percent, end_percent, schedule, end_scale, rl_cfg)
-        check_term(spec)  # refused here, by this node, not later by the Apply node as "RL model <i>"
-        return io.NodeOutput((*(rl_models or ()), (rl_model, spec)))  # a new tuple: the input list stays as it was
+                rl_cfg=0.0, rl_models=None, outside_window=OutsideWindow.OFF.value, rl_every=1) -> io.NodeOutput:
+        # Checked here, by this node, not later by the Apply node as "RL model <i>".
+        settings = RLGSettings.from_widgets(rlg_scale, start_percent, end_percent, schedule, end_scale, rl_cfg,
+                                            outside_window, rl_every)
+        return io.NodeOutput((*(rl_models or ()), (rl_model, settings)))  # a new tuple: the input list stays as it was
 
 
 def _base_input() -> io.Model.Input:
@@ -75,7 +80,7 @@ class RLGApplyMulti(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, rl_models) -> io.NodeOutput:
-        return io.NodeOutput(apply_rlg_terms(model, list(rl_models or ())))
+        return io.NodeOutput(attach_rlg(model, list(rl_models or ()), rl_input="rl_models"))
 
 
 class RLGGuiderMulti(io.ComfyNode):
@@ -101,7 +106,8 @@ class RLGGuiderMulti(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, rl_models, positive, negative, cfg) -> io.NodeOutput:
-        return io.NodeOutput(cfg_guider(apply_rlg_terms(model, list(rl_models or ())), positive, negative, cfg))
+        patched = attach_rlg(model, list(rl_models or ()), rl_input="rl_models")
+        return io.NodeOutput(cfg_guider(patched, positive, negative, cfg))
 
 
 NODES = [RLGRLModel, RLGApplyMulti, RLGGuiderMulti]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from .apply import apply_rlg_spec
-from .nodes_rlg import CATEGORY, term_inputs
-from .rlg_math import RLGInputError, TermSpec, parse_scales
+from .apply import attach_rlg
+from .errors import RLGInputError
+from .nodes_rlg import CATEGORY
+from .settings import OutsideWindow, RLGSettings, parse_scales
 from .sweep_grid import scale_label, sweep_grid
+from .widgets import rl_every_input, window_inputs
 
 _SCALES_TOOLTIP = (
     "The rlg_scale values to compare, separated by commas (for example 0, 0.5, 1, 1.5, 2, 3). 0 = base model, "
@@ -37,7 +39,6 @@ def _validate_scales(scales) -> bool | str:
 class RLGScaleSweep(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        inputs = term_inputs()[1:]  # the window; the scales come from the list
         return io.Schema(
             node_id="RLGScaleSweep",
             display_name="RLG Scale Sweep",
@@ -56,7 +57,8 @@ class RLGScaleSweep(io.ComfyNode):
                     "The latent to sample, usually one image (Empty Latent Image, batch 1). With a batch of n, every "
                     "scale gets all n images: the output holds n rows per scale.")),
                 io.String.Input("scales", default="0, 0.5, 1, 1.5, 2, 3", tooltip=_SCALES_TOOLTIP),
-                *inputs,
+                *window_inputs(),  # outside the window: the RL model alone, as RLG Apply by default
+                rl_every_input(),
             ],
             outputs=[
                 io.Model.Output(tooltip="The base model with RLG at one scale per batch row; connect it to the "
@@ -72,7 +74,7 @@ class RLGScaleSweep(io.ComfyNode):
         return _validate_scales(scales)
 
     @classmethod
-    def execute(cls, model, rl_model, latent, scales, start_percent, end_percent) -> io.NodeOutput:
+    def execute(cls, model, rl_model, latent, scales, start_percent, end_percent, rl_every=1) -> io.NodeOutput:
         values = parse_scales(scales)
         samples = latent["samples"]
         per_scale = samples.shape[0]
@@ -85,7 +87,9 @@ class RLGScaleSweep(io.ComfyNode):
         if mask is not None and mask.shape[0] == per_scale and per_scale > 1:
             out["noise_mask"] = mask.repeat(len(values), *([1] * (mask.ndim - 1)))
         rows = torch.tensor(values, dtype=torch.float32).repeat_interleave(per_scale)
-        patched = apply_rlg_spec(model, rl_model, TermSpec(rows, start_percent, end_percent))
+        settings = RLGSettings(rows, start_percent, end_percent, outside_window=OutsideWindow.RL_MODEL,
+                               rl_every=int(rl_every))
+        patched = attach_rlg(model, [(rl_model, settings)])
         return io.NodeOutput(patched, out)
 
 

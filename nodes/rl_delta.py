@@ -33,17 +33,26 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import comfy.lora
 import comfy.utils
 import torch
 
-from .rlg_math import RLGRuntimeError
+from .errors import RLGRuntimeError
 
 log = logging.getLogger("ComfyUI-RLG")
 
-HOOK, FUNCTION, SWAP, SKIP = "hook", "function", "swap", "skip"
+
+class LayerPath(str, Enum):
+    """How one layer's RL part is run in a forward (see the module's docstring)."""
+
+    HOOK = "hook"
+    FUNCTION = "function"
+    SWAP = "swap"
+    SKIP = "skip"
+
 
 # Swapping parameters changes a module for every thread that runs it; swaps are rare (a fallback,
 # and patches on plain parameters), so they simply run one forward at a time.
@@ -108,14 +117,14 @@ class LayerDelta:
     key: str  # parameter key under the BaseModel, e.g. diffusion_model.joint_blocks.0.x_block.attn.qkv.weight
     module_name: str
     param: str
-    patches: list  # ComfyUI patch entries, applied by calculate_weight for FUNCTION and SWAP
-    exact: str  # FUNCTION, SWAP or SKIP: the way that works without hooks
+    patches: list  # ComfyUI patch entries, applied by calculate_weight for the function and swap paths
+    exact: LayerPath  # FUNCTION, SWAP or SKIP: the way that works without hooks
     lowrank: list[LowRank] | None = None  # set when a forward hook reproduces the patches
     _cast: dict = field(default_factory=dict, repr=False)
 
     @property
-    def fast(self) -> str:
-        return HOOK if self.lowrank is not None else self.exact
+    def fast(self) -> LayerPath:
+        return LayerPath.HOOK if self.lowrank is not None else self.exact
 
     def add_delta(self, out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor | None) -> None:
         """out += scale * up @ (down @ x) for each patch, on its output features, in the given rows."""
@@ -155,14 +164,14 @@ def build_layer_deltas(extra_patches: dict[str, list], module: torch.nn.Module) 
         owner_name, _, param = key.rpartition(".")
         owner = comfy.utils.get_attr(module, owner_name) if owner_name else module
         if param in ("weight", "bias") and hasattr(owner, "comfy_cast_weights"):
-            exact = FUNCTION
+            exact = LayerPath.FUNCTION
         elif _owns_all_its_parameters(owner):
-            exact = SWAP
+            exact = LayerPath.SWAP
         else:
-            exact = SKIP
+            exact = LayerPath.SKIP
         layer = LayerDelta(key, owner_name, param, list(patches), exact)
         shape = _linear_shape(owner)
-        if param == "weight" and exact != SKIP and shape is not None:
+        if param == "weight" and exact != LayerPath.SKIP and shape is not None:
             lowrank = [plain_lora(p) for p in patches]
             if all(lr is not None and _fits(lr, shape) for lr in lowrank):
                 layer.lowrank = lowrank
@@ -187,16 +196,16 @@ class RLDelta:
 
     @property
     def runnable(self) -> list[LayerDelta]:
-        return [layer for layer in self.layers if layer.exact != SKIP]
+        return [layer for layer in self.layers if layer.exact != LayerPath.SKIP]
 
     @property
     def skipped(self) -> list[LayerDelta]:
-        return [layer for layer in self.layers if layer.exact == SKIP]
+        return [layer for layer in self.layers if layer.exact == LayerPath.SKIP]
 
     @property
     def hooks_only(self) -> bool:
         """True when hooks alone run this delta: then its rows can share a forward with others."""
-        return bool(self.runnable) and all(layer.fast == HOOK for layer in self.runnable)
+        return bool(self.runnable) and all(layer.fast == LayerPath.HOOK for layer in self.runnable)
 
     @property
     def is_empty(self) -> bool:
@@ -209,7 +218,7 @@ class _Tally:
     def __init__(self):
         self.fired: dict[str, int] = {}  # hook fired with RL rows
         self.misfit: set[str] = set()  # hook fired but the input did not fit (rows not first, other shape)
-        self.called: dict[str, int] = {}  # module called (for FUNCTION layers)
+        self.called: dict[str, int] = {}  # module called (for function-path layers)
         self.functions: dict[str, int] = {}  # weight function applied
 
     @staticmethod
@@ -279,6 +288,13 @@ def _weight_function(module: torch.nn.Module, layer: LayerDelta, tally: _Tally, 
 
 @contextmanager
 def _swapped(module: torch.nn.Module, layer: LayerDelta) -> Iterator[None]:
+    if getattr(module, "_v", None) is not None:
+        # Newest ComfyUI's dynamic VRAM casts this layer from a copy of its own (a VRAM page or a pinned buffer),
+        # never from the parameter: a swapped parameter would be silently ignored.
+        raise RLGRuntimeError(
+            f"RLG cannot add the RL LoRA to {layer.key} on this ComfyUI: the layer is managed by dynamic VRAM and did "
+            "not call its weight functions. Load the RL model as a separate merged file, or start ComfyUI with "
+            "--disable-dynamic-vram, and report this with your ComfyUI version.")
     param = getattr(module, layer.param)
     saved = param.data
     param.data = layer.patched(saved)
@@ -295,14 +311,14 @@ class Assignment:
     term: int
     delta: RLDelta
     rows: torch.Tensor | None
-    ways: dict[str, str]
+    ways: dict[str, LayerPath]
 
 
 def _run(executor: Callable, args: tuple, kwargs: dict, model: Any, assignments: list[Assignment]) -> tuple:
     tally = _Tally()
     thread = threading.get_ident()
     handles = []
-    needs_lock = any(way == SWAP for a in assignments for way in a.ways.values())
+    needs_lock = any(way == LayerPath.SWAP for a in assignments for way in a.ways.values())
     with contextlib.ExitStack() as stack:
         if needs_lock:
             stack.enter_context(_SWAP_LOCK)
@@ -310,9 +326,9 @@ def _run(executor: Callable, args: tuple, kwargs: dict, model: Any, assignments:
             for layer in a.delta.runnable:
                 module = _resolve(model, layer.module_name, a.delta.label)
                 way = a.ways[layer.key]
-                if way == HOOK:
+                if way == LayerPath.HOOK:
                     handles.append(module.register_forward_hook(_hook(layer, module, a.rows, tally, thread)))
-                elif way == FUNCTION:
+                elif way == LayerPath.FUNCTION:
                     stack.enter_context(_weight_function(module, layer, tally, thread))
                 else:
                     stack.enter_context(_swapped(module, layer))
@@ -324,7 +340,7 @@ def _run(executor: Callable, args: tuple, kwargs: dict, model: Any, assignments:
     return out, tally
 
 
-def _escalate(delta: RLDelta, ways: dict[str, str], tally: _Tally) -> tuple[dict[str, str], list[str]]:
+def _escalate(delta: RLDelta, ways: dict[str, LayerPath], tally: _Tally) -> tuple[dict[str, LayerPath], list[str]]:
     """The ways for a re-run after a forward whose tally shows layers that did not take the RL part.
 
     Returns (new ways, the layers that need the re-run). A hook that did not fire, or fired on an
@@ -338,10 +354,10 @@ def _escalate(delta: RLDelta, ways: dict[str, str], tally: _Tally) -> tuple[dict
     redo = []
     for layer in delta.runnable:
         way = ways[layer.key]
-        missed = (way == HOOK and (layer.key in tally.misfit or not tally.fired.get(layer.key))) or (
-            way == FUNCTION and tally.called.get(layer.key) and not tally.functions.get(layer.key))
+        missed = (way == LayerPath.HOOK and (layer.key in tally.misfit or not tally.fired.get(layer.key))) or (
+            way == LayerPath.FUNCTION and tally.called.get(layer.key) and not tally.functions.get(layer.key))
         if missed:
-            new[layer.key] = layer.exact if way == HOOK else SWAP
+            new[layer.key] = layer.exact if way == LayerPath.HOOK else LayerPath.SWAP
             redo.append(layer.key)
     return new, redo
 
@@ -400,7 +416,7 @@ class RLRowsForward:
                 return out
             exact, tally = _run(executor, args, kwargs, model, [Assignment(a.term, a.delta, None, ways)])
             out = exact if a.rows is None else torch.where(_rows_like(a.rows, out), exact, out)
-            took_part = [k for k in redo if tally.functions.get(k) or tally.fired.get(k) or ways[k] == SWAP]
+            took_part = [k for k in redo if tally.functions.get(k) or tally.fired.get(k) or ways[k] == LayerPath.SWAP]
             if took_part:  # not just layers that took no part in this forward (a block skipped by SLG, say)
                 self.notify(
                     f"RLG: {len(took_part)} RL LoRA layers of {a.delta.label} did not take the fast path on this "

@@ -1,4 +1,5 @@
-"""The RLG arithmetic: the blend, the schedule window and scale ramps, CFG per branch, input checks.
+"""The RLG arithmetic: the blend, the schedule window and scale ramps, CFG per branch, the RL correction between
+evaluations.
 
 Plain torch and Python, no ComfyUI import, so it can be read and tested on its own.
 
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-# A weight is one number for the whole batch, or one per batch row (a scale sweep).
-Weight = float | torch.Tensor
+from .errors import RLGRuntimeError
+from .settings import OutsideWindow, RLGSettings, Schedule, Weight
 
 
 def _per_row(weight: Weight, like: torch.Tensor) -> Weight:
@@ -72,53 +73,6 @@ def blend_prediction_lists(
     return [blend_predictions(b, r, scale) for b, r in zip(base, rl, strict=True)]
 
 
-class RLGInputError(ValueError):
-    """A user input RLG cannot work with; the message names the input and the fix."""
-
-
-class RLGRuntimeError(RuntimeError):
-    """RLG could not compute a step exactly on this host; the message says why and what to do."""
-
-
-# Widget limits, shared by the nodes and the checks.
-SCALE_LIMIT = 10.0
-
-
-def check_scale(rlg_scale: float, name: str = "rlg_scale") -> float:
-    try:
-        value = float(rlg_scale)
-    except (TypeError, ValueError):
-        raise RLGInputError(f"{name} is {rlg_scale!r}; it must be a number.") from None
-    if not math.isfinite(value):
-        raise RLGInputError(
-            f"{name} is {rlg_scale!r}; it must be a finite number "
-            "(0 = base model, 1 = RL model, above 1 = stronger alignment)."
-        )
-    if abs(value) > SCALE_LIMIT:
-        raise RLGInputError(f"{name} is {value:g}; it must lie between -{SCALE_LIMIT:g} and {SCALE_LIMIT:g} "
-                            "(the paper uses 1 to 3).")
-    return value
-
-
-def check_window(start_percent: float, end_percent: float) -> tuple[float, float]:
-    values = {}
-    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise RLGInputError(f"{name} is {value!r}; it must be a number between 0 and 1.") from None
-        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise RLGInputError(f"{name} is {value!r}; it must lie between 0 and 1.")
-        values[name] = value
-    start, end = values["start_percent"], values["end_percent"]
-    if start > end:
-        raise RLGInputError(
-            f"start_percent ({start}) is after end_percent ({end}); RLG blends between the two, "
-            "so start_percent must be less than or equal to end_percent."
-        )
-    return start, end
-
-
 @dataclass(frozen=True)
 class SigmaWindow:
     """The part of the noise schedule where the blend is on.
@@ -160,66 +114,30 @@ def sigma_to_percent(sigma: float, percent_to_sigma: Callable[[float], float], i
     return 0.5 * (lo + hi)
 
 
-SCHEDULE_SHAPES = ("constant", "linear", "cosine")
+def ramp(shape: Schedule, start_scale: float, end_scale: float, u: float) -> float:
+    """The scale at position u of a window (0 = its start, 1 = its end), from start_scale to end_scale.
 
-
-@dataclass(frozen=True)
-class ScaleSchedule:
-    """The scale across a window: from start_scale at its start to end_scale at its end.
-
-    u is the position in the window in schedule percent (0 = start_percent, 1 = end_percent), so
-    every sampler, second-order and ancestral ones included, sees the same scale at the same sigma.
+    u is measured in schedule percent, so every sampler, second-order and ancestral ones included, sees the
+    same scale at the same sigma.
     """
-
-    shape: str
-    start_scale: float
-    end_scale: float
-
-    def __post_init__(self):
-        if self.shape not in SCHEDULE_SHAPES:
-            raise RLGInputError(f"schedule is {self.shape!r}; it must be one of {', '.join(SCHEDULE_SHAPES)}.")
-
-    @property
-    def is_constant(self) -> bool:
-        return self.shape == "constant" or self.start_scale == self.end_scale
-
-    def at(self, u: float) -> float:
-        if self.is_constant:
-            return self.start_scale
-        u = min(max(u, 0.0), 1.0)
-        if self.shape == "linear":
-            return self.start_scale + (self.end_scale - self.start_scale) * u
-        # cosine: eases out of the start value and into the end value
-        return self.end_scale + (self.start_scale - self.end_scale) * 0.5 * (1.0 + math.cos(math.pi * u))
+    u = min(max(u, 0.0), 1.0)
+    if shape is Schedule.LINEAR:
+        return start_scale + (end_scale - start_scale) * u
+    if shape is Schedule.COSINE:  # eases out of the start value and into the end value
+        return end_scale + (start_scale - end_scale) * 0.5 * (1.0 + math.cos(math.pi * u))
+    return start_scale
 
 
-@dataclass(frozen=True)
-class TermSpec:
-    """One RL model's settings, as the user gave them (no model inside)."""
-
-    scale: Weight
-    start_percent: float = 0.0
-    end_percent: float = 1.0
-    schedule: str = "constant"
-    end_scale: float | None = None
-    rl_cfg: float | None = None  # None: the RL branch uses the sampler's cfg, like the base
-
-    def scale_schedule(self) -> ScaleSchedule:
-        if isinstance(self.scale, torch.Tensor):
-            return ScaleSchedule("constant", 0.0, 0.0)  # per-row scales are constant by construction
-        end = self.scale if self.end_scale is None else self.end_scale
-        return ScaleSchedule(self.schedule, self.scale, end)
-
-    def weight_at(self, sigma: float, window: SigmaWindow, percent_of: Callable[[float], float]) -> Weight | None:
-        """This term's weight at `sigma`, or None outside its window."""
-        if not window.contains(sigma):
-            return None
-        schedule = self.scale_schedule()
-        if schedule.is_constant:
-            return self.scale
-        span = self.end_percent - self.start_percent
-        u = (percent_of(sigma) - self.start_percent) / span if span > 0 else 0.0
-        return schedule.at(u)
+def term_weight(settings: RLGSettings, sigma: float, window: SigmaWindow,
+                percent_of: Callable[[float], float]) -> Weight | None:
+    """One RL model's scale at `sigma`: its ramp inside its window; outside, None (off) or 1 (the RL model)."""
+    if not window.contains(sigma):
+        return 1.0 if settings.outside_window is OutsideWindow.RL_MODEL else None
+    if not settings.ramps:
+        return settings.scale
+    span = settings.end_percent - settings.start_percent
+    u = (percent_of(sigma) - settings.start_percent) / span if span > 0 else 0.0
+    return ramp(settings.schedule, settings.scale, settings.end_scale, u)
 
 
 def _is_zero(weight: Weight) -> bool:
@@ -245,17 +163,14 @@ class StepPlan:
         return bool(self.terms)
 
 
-def plan_step(weights: Sequence[Weight | None], rl_alone_outside: bool = False) -> StepPlan:
-    """Decide which models a step needs, from each term's weight (None outside its window).
+def plan_step(weights: Sequence[Weight | None]) -> StepPlan:
+    """Decide which models a step needs, from each term's weight (None: off at this step).
 
     A term of weight 0 is not evaluated; the base is not evaluated when its coefficient
-    1 - sum_i w_i is zero (w = 1 with one RL model): the blend would multiply it by zero.
-    With rl_alone_outside (RLG Apply's single model, as the reference code's zero_init_step), a
-    step outside the window runs the RL model alone; otherwise a term outside its window is off,
-    and a step where every term is off runs the base alone.
+    1 - sum_i w_i is zero (w = 1 with one RL model, inside its window or outside it with
+    outside_window "RL model"): the blend would multiply it by zero. A step where every term is
+    off runs the base alone.
     """
-    if rl_alone_outside and len(weights) == 1 and weights[0] is None:
-        return StepPlan(run_base=False, terms=((0, 1.0),))
     active = tuple((i, w) for i, w in enumerate(weights) if w is not None and not _is_zero(w))
     run_base = not active or not _base_coefficient_is_zero([w for _, w in active])
     return StepPlan(run_base=run_base, terms=active)
@@ -270,27 +185,6 @@ def combine(base: torch.Tensor | None, rls: Sequence[torch.Tensor], weights: Seq
         # A scale per row (a sweep): rows at scale 1 are the RL model bit for bit, as a run at scale 1 is.
         out = torch.where(_per_row(weights[0], out) == 1, rls[0], out)
     return out
-
-
-MAX_SWEEP_SCALES = 64
-
-
-def parse_scales(text: str, name: str = "scales") -> list[float]:
-    """A list of RLG scales typed by the user: numbers separated by commas, semicolons or spaces."""
-    tokens = [t for t in str(text).replace(";", ",").replace(" ", ",").split(",") if t.strip()]
-    if not tokens:
-        raise RLGInputError(f"{name} is empty; give the scales to compare, for example: 0, 0.5, 1, 1.5, 2, 3")
-    if len(tokens) > MAX_SWEEP_SCALES:
-        raise RLGInputError(f"{name} has {len(tokens)} values; at most {MAX_SWEEP_SCALES} fit one sweep.")
-    values = []
-    for token in tokens:
-        try:
-            value = float(token)
-        except ValueError:
-            raise RLGInputError(f"{name}: {token.strip()!r} is not a number; write numbers separated by commas, "
-                                "for example: 0, 0.5, 1, 1.5, 2, 3") from None
-        values.append(check_scale(value, f"{name} ({token.strip()})"))
-    return values
 
 
 def branch_cfg_cond(base_uncond: torch.Tensor, rl_cond: torch.Tensor, rl_uncond: torch.Tensor | None,
@@ -321,3 +215,72 @@ def with_branch_cfg(cond: torch.Tensor, base_uncond: torch.Tensor, terms: Sequen
         equivalent = branch_cfg_cond(base_uncond, rl_cond, rl_uncond, cfg, rl_cfg)
         cond = cond + _per_row(weight, cond) * (equivalent - rl_cond)
     return cond
+
+
+# -- the RL correction between evaluations (rl_every) ---------------------------------------------------
+
+def schedule_index(sigma: float, schedule: Sequence[float]) -> int | None:
+    """The step of the sampling schedule that starts at `sigma`, or None for a call between its sigmas.
+
+    Samplers that call the model more than once per step (heun, dpmpp_2s_ancestral, uni_pc...) make their
+    extra calls at other sigmas; steps are told apart by sigma, never by counting calls.
+    """
+    for i, s in enumerate(schedule):
+        if math.isclose(s, sigma, rel_tol=1e-5, abs_tol=1e-9):
+            return i
+    return None
+
+
+def first_step_in(window: SigmaWindow, schedule: Sequence[float]) -> int | None:
+    """The first step of the schedule whose sigma lies in the window."""
+    return next((i for i, s in enumerate(schedule) if s > 0 and window.contains(s)), None)
+
+
+def evaluates_at(step: int | None, first: int | None, every: int) -> bool:
+    """Whether an RL model evaluated at every `every`-th step of its window, its first step included, runs at
+    this call: the call at `step` of the schedule (None: a call between schedule sigmas, which is estimated)."""
+    if every == 1 or first is None:
+        return True
+    if step is None:
+        return False
+    return step <= first or (step - first) % every == 0
+
+
+Corrections = list  # per cond: rl - base, or None where the RL model did not evaluate that cond
+
+
+class CorrectionHistory:
+    """One RL model's correction rl - base, per cond, at its last two evaluations (for rl_every > 1).
+
+    Between evaluations the correction is extrapolated linearly in sigma from the last two, or held where
+    there is one. It moves slowly across steps (the issue's measurements on the demo pair), and an estimate
+    keeps each cond's own rows: nothing is shared between conds, terms or batch rows.
+    """
+
+    def __init__(self):
+        self.points: list[tuple[float, Corrections]] = []
+
+    def reset(self) -> None:
+        self.points = []
+
+    def record(self, sigma: float, corrections: Corrections) -> None:
+        """Keep this evaluation and the one before it (if it was at another sigma, for the same conds)."""
+        kept = [p for p in self.points if p[0] != sigma and _same_shapes(p[1], corrections)]
+        self.points = [*kept[-1:], (sigma, corrections)]
+
+    def fits(self, sigma: float, like: Sequence[torch.Tensor | None]) -> bool:
+        """Whether an estimate can stand at `sigma` for these outputs: after an evaluation at a higher sigma (the
+        sampler moving down, not restarting), for the same conds, each of the same shape."""
+        return bool(self.points) and sigma < self.points[-1][0] and _same_shapes(self.points[-1][1], like)
+
+    def estimate(self, sigma: float) -> Corrections:
+        (s1, d1), (s2, d2) = (self.points[0], self.points[-1]) if len(self.points) > 1 else (self.points[-1],) * 2
+        if s1 == s2:
+            return list(d2)
+        t = (sigma - s2) / (s2 - s1)
+        return [None if b is None else b + (b - a) * t for a, b in zip(d1, d2, strict=True)]
+
+
+def _same_shapes(a: Sequence, b: Sequence) -> bool:
+    return len(a) == len(b) and all((x is None) == (y is None) and (x is None or x.shape == y.shape)
+                                    for x, y in zip(a, b, strict=True))

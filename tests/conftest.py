@@ -86,3 +86,4 @@ def pytest_sessionfinish(session, exitstatus):
         message = f"\nRLG: modules of another ComfyUI tree than {host.comfy_dir()} were loaded in this leg:\n{lines}"
         session.config.get_terminal_writer().line(message, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+

@@ -17,9 +17,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from comfyui_rlg.nodes.apply import apply_rlg
+from comfyui_rlg.nodes.errors import RLGInputError
 from comfyui_rlg.nodes.nodes_lora import load_peft_aware
-from comfyui_rlg.nodes.rlg_math import RLGInputError
 from harness import sampling as h
 from harness import tiny_families as tf
 
@@ -110,8 +109,8 @@ def test_w0_is_base_and_w1_is_rl(family, form, tmp_path):
     base, rl = pair(family, form, tmp_path)
     ref_base, ref_rl = ksample(base, family), ksample(rl, family)
     assert h.max_diff(ref_base, ref_rl) > 1e-3, "test models too similar to tell apart"
-    d0 = h.max_diff(ksample(apply_rlg(base, rl, 0.0, 0.0, 1.0), family), ref_base)
-    d1 = h.max_diff(ksample(apply_rlg(base, rl, 1.0, 0.0, 1.0), family), ref_rl)
+    d0 = h.max_diff(ksample(h.rlg(base, rl, 0.0, 0.0, 1.0), family), ref_base)
+    d1 = h.max_diff(ksample(h.rlg(base, rl, 1.0, 0.0, 1.0), family), ref_rl)
     IDENTITY_DIFFS[f"{family} {form}"] = max(d0, d1)
     assert d0 <= h.tolerance(ref_base), f"w=0 differs from the base model by {d0}"
     assert d1 <= h.tolerance(ref_rl), f"w=1 differs from the RL model by {d1}"
@@ -128,7 +127,7 @@ def test_each_step_blends_base_and_rl(family, form, tmp_path):
     probe = lambda m: h.probe_predictions(m, xs, sigmas, positive, negative, cfg=4.0)  # noqa: E731
     pred_base, pred_rl = probe(base), probe(rl)
     for w in (0.5, 2.0):
-        for step, (b, r, g) in enumerate(zip(pred_base, pred_rl, probe(apply_rlg(base, rl, w, 0.0, 1.0)), strict=True)):
+        for step, (b, r, g) in enumerate(zip(pred_base, pred_rl, probe(h.rlg(base, rl, w, 0.0, 1.0)), strict=True)):
             assert h.max_diff(b, r) > 1e-4
             expected = b + w * (r - b)
             assert h.max_diff(g, expected) <= 1e-5 * (1 + float(expected.abs().max())), f"w={w} step {step}"
@@ -142,9 +141,9 @@ def test_lora_path_and_forwards_per_step(family, tmp_path, caplog):
     steps, batch = 3, 2
     ref = {}
     for batched in (False, True):
-        patched = apply_rlg(base, rl, 1.5, 0.0, 1.0, batched=batched)
+        patched = h.rlg(base, rl, 1.5, 0.0, 1.0, batched=batched)
         term = h.rlg_wrapper(patched).terms[0]
-        assert term.pair.mode == "shared"
+        assert term.pair.form == "shared"
         assert term.pair.delta.hooks_only == (PATH[family] == "hooks")
         with caplog.at_level(logging.WARNING), NetworkForwards(base) as counter:
             caplog.clear()
@@ -161,14 +160,14 @@ def test_lora_path_and_forwards_per_step(family, tmp_path, caplog):
 @pytest.mark.parametrize("family", tf.FAMILIES)
 def test_separate_rl_model_forwards_per_step(family):
     base, rl = tf.load(family), tf.load(family, rl_seed=1)
-    patched = apply_rlg(base, rl, 1.5, 0.0, 1.0)
-    assert h.rlg_wrapper(patched).terms[0].pair.mode == "separate"
+    patched = h.rlg(base, rl, 1.5, 0.0, 1.0)
+    assert h.rlg_wrapper(patched).terms[0].pair.form == "separate"
     with NetworkForwards(base) as base_count, NetworkForwards(rl) as rl_count:
         ksample(patched, family, steps=3)
     assert (base_count.calls, rl_count.calls) == (3, 3)
     # Outside the window only the RL model runs.
     with NetworkForwards(base) as base_count, NetworkForwards(rl) as rl_count:
-        ksample(apply_rlg(base, rl, 1.5, 1.0, 1.0), family, steps=3)
+        ksample(h.rlg(base, rl, 1.5, 1.0, 1.0), family, steps=3)
     assert (base_count.calls, rl_count.calls) == (0, 3)
 
 
@@ -181,7 +180,7 @@ def test_pair_from_two_families_is_refused(base_family, rl_family):
         return h.load_model(family) if family in ("sd3", "sd15") else tf.load(family)
 
     with pytest.raises(RLGInputError, match="fine-tuned twin") as err:
-        apply_rlg(model(base_family), model(rl_family), 1.5, 0.0, 1.0)
+        h.rlg(model(base_family), model(rl_family), 1.5, 0.0, 1.0)
     assert "rl_model" in str(err.value)
 
 
@@ -218,11 +217,11 @@ def test_layer_without_the_batch_first_takes_the_exact_path(batched, caplog):
     kw = dict(family="wan22_5b", latent_image=latent, noise_mask=mask, steps=3)
     ref_base, ref_rl = ksample(base, **kw), ksample(rl, **kw)
     for w, ref in ((0.0, ref_base), (1.0, ref_rl)):
-        assert h.max_diff(ksample(apply_rlg(base, rl, w, 0, 1, batched=batched), **kw), ref) <= h.tolerance(ref), w
-    patched = apply_rlg(base, rl, 2.0, 0, 1, batched=batched)
+        assert h.max_diff(ksample(h.rlg(base, rl, w, 0, 1, batched=batched), **kw), ref) <= h.tolerance(ref), w
+    patched = h.rlg(base, rl, 2.0, 0, 1, batched=batched)
     with caplog.at_level(logging.WARNING), NetworkForwards(base) as counter:
         out = ksample(patched, **kw)
-    two_pass = ksample(apply_rlg(base, rl, 2.0, 0, 1, batched=False), **kw)
+    two_pass = ksample(h.rlg(base, rl, 2.0, 0, 1, batched=False), **kw)
     assert h.max_diff(out, two_pass) <= h.tolerance(two_pass, 1e-4)
     rows = 2 * 2  # cond and uncond, batch 2
     if batched:  # first step: the shared forward of base and RL rows, then that forward again the exact way (its RL
@@ -242,7 +241,7 @@ def test_flux_peft_lora_on_fused_layers_runs_as_hooks_on_their_slices(tmp_path):
     # the fused output; the RL model alone merges them into the weight. Both must agree.
     base = tf.load("flux")
     rl = lora_rl("flux", base, tmp_path)
-    patched = apply_rlg(base, rl, 1.0, 0.0, 1.0)
+    patched = h.rlg(base, rl, 1.0, 0.0, 1.0)
     delta = h.rlg_wrapper(patched).terms[0].pair.delta
     assert delta.hooks_only
     hidden = tf.unet_config("flux")["hidden_size"]
@@ -284,7 +283,7 @@ def test_wan22_rlg_on_each_expert_with_two_ksampler_advanced_stages():
 
     ref_base, ref_rl = two_stages(high, low), two_stages(high_rl, low_rl)
     assert h.max_diff(ref_base, ref_rl) > 1e-3
-    rlg = lambda w: two_stages(apply_rlg(high, high_rl, w, 0, 1), apply_rlg(low, low_rl, w, 0, 1))  # noqa: E731
+    rlg = lambda w: two_stages(h.rlg(high, high_rl, w, 0, 1), h.rlg(low, low_rl, w, 0, 1))  # noqa: E731
     d0, d1 = h.max_diff(rlg(0.0), ref_base), h.max_diff(rlg(1.0), ref_rl)
     IDENTITY_DIFFS["wan22 two experts, two stages"] = max(d0, d1)
     assert d0 <= h.tolerance(ref_base) and d1 <= h.tolerance(ref_rl), (d0, d1)
@@ -356,7 +355,7 @@ def test_diffusers_flux_transformer_is_read_as_flux_dev_and_paired():
     config = comfy.model_detection.model_config_from_unet(converted, "")
     assert type(config).__name__ == "Flux" and config.unet_config == detected
     rl = tf.build_full_size("flux", config.unet_config)
-    assert h.rlg_wrapper(apply_rlg(base, rl, 1.5, 0.0, 1.0)).terms[0].pair.mode == "separate"
+    assert h.rlg_wrapper(h.rlg(base, rl, 1.5, 0.0, 1.0)).terms[0].pair.form == "separate"
 
 
 def test_diffusers_flux_transformer_converts_exactly_at_a_tiny_size():
@@ -371,7 +370,7 @@ def test_diffusers_flux_transformer_converts_exactly_at_a_tiny_size():
     assert set(converted) == set(rl_sd) and all(torch.equal(converted[k], rl_sd[k]) for k in rl_sd)
     rl = tf.build("flux", converted)
     ref = ksample(rl, "flux", steps=2)
-    assert h.max_diff(ksample(apply_rlg(base, rl, 1.0, 0, 1), "flux", steps=2), ref) <= h.tolerance(ref)
+    assert h.max_diff(ksample(h.rlg(base, rl, 1.0, 0, 1), "flux", steps=2), ref) <= h.tolerance(ref)
 
 
 @pytest.mark.parametrize("family, key, values", [("flux", "guidance", (1.5, 5.0)), ("sdxl", "width", (256, 1024))])
@@ -385,7 +384,7 @@ def test_conditioning_the_family_embeds_reaches_both_models(family, key, values,
             cond[0][1][key] = value
         kw = dict(positive=positive, negative=negative, steps=2)
         ref = ksample(rl, family, **kw)
-        assert h.max_diff(ksample(apply_rlg(base, rl, 1.0, 0, 1), family, **kw), ref) <= h.tolerance(ref)
+        assert h.max_diff(ksample(h.rlg(base, rl, 1.0, 0, 1), family, **kw), ref) <= h.tolerance(ref)
         outs.append(ref)
     assert h.max_diff(*outs) > 1e-3, f"the tiny {family} ignores {key}"
 
@@ -408,7 +407,7 @@ def test_difference_lora_from_comfyuis_extract_node_runs_on_the_shared_module(bi
     (difference,) = ModelSubtract().merge(full_rl, base, 1.0)
     lora = calc_lora_model(difference, 64, "diffusion_model.", "diffusion_model.", {}, LORAType.STANDARD, bias_diff)
     rl = tf.load_lora(base, lora)
-    patched = apply_rlg(base, rl, 1.0, 0, 1)
+    patched = h.rlg(base, rl, 1.0, 0, 1)
     assert h.rlg_wrapper(patched).terms[0].pair.delta.hooks_only == (not bias_diff)
     ref_rl, ref_full, ref_base = ksample(rl, "flux", steps=2), ksample(full_rl, "flux", steps=2), \
         ksample(base, "flux", steps=2)

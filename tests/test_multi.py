@@ -10,10 +10,11 @@ import comfy.samplers
 import pytest
 import torch
 
-from comfyui_rlg.nodes.apply import apply_rlg, apply_rlg_terms
+from comfyui_rlg.nodes.apply import attach_rlg
+from comfyui_rlg.nodes.errors import RLGInputError, RLGRuntimeError
 from comfyui_rlg.nodes.nodes_multi import RLGApplyMulti, RLGGuiderMulti, RLGRLModel
 from comfyui_rlg.nodes.nodes_rlg import RLGApply
-from comfyui_rlg.nodes.rlg_math import RLGInputError, RLGRuntimeError, TermSpec
+from comfyui_rlg.nodes.settings import OutsideWindow, RLBranchCFG, RLGSettings, Schedule
 from harness import sampling as h
 
 TOL = 1e-5
@@ -45,7 +46,7 @@ def test_each_step_is_base_plus_the_sum_of_weighted_differences(kind, batched):
     probe = lambda m: h.probe_predictions(m, xs, sigmas, positive, negative, cfg=4.5)  # noqa: E731
     pb, p1, p2 = probe(base), probe(rl1), probe(rl2)
     for w1, w2 in ((0.5, 1.5), (2.0, -0.7), (1.0, 1.0)):
-        patched = apply_rlg_terms(base, [(rl1, TermSpec(w1)), (rl2, TermSpec(w2))], batched=batched)
+        patched = attach_rlg(base, [(rl1, RLGSettings(w1)), (rl2, RLGSettings(w2))], batched=batched)
         for step, (b, r1, r2, g) in enumerate(zip(pb, p1, p2, probe(patched), strict=True)):
             expected = b + w1 * (r1 - b) + w2 * (r2 - b)
             assert h.max_diff(g, expected) <= 1e-4 * (1 + float(expected.abs().max())), (w1, w2, step)
@@ -60,6 +61,30 @@ def test_one_term_equals_rlg_apply_exactly():
             assert torch.equal(h.ksample(one, batch=2), ref), w
 
 
+@pytest.mark.parametrize("form", ["lora", "full"])
+@pytest.mark.parametrize("window", [(0.0, 1.0), (0.2, 0.7), (0.0, 0.4), (0.6, 1.0), (0.5, 0.5)])
+def test_rlg_apply_is_one_rlg_rl_model_bit_for_bit_for_every_window_schedule_and_rl_cfg(form, window):
+    """One engine: RLG Apply equals RLG RL Model (outside_window "RL model") -> RLG Apply (several RL models), and
+    with outside_window "off" on both they agree too, for every window, ramp and RL branch CFG."""
+    base = h.load_model("sd3")
+    rl = h.with_lora(base) if form == "lora" else h.load_model("sd3", rl_seed=1)
+    start, end = window
+    for schedule, end_scale in (("constant", 1.0), ("linear", 0.4), ("cosine", 2.5)):
+        for rl_cfg in (0.0, 1.0, 2.5):
+            for outside in ("RL model", "off"):
+                widgets = (1.6, start, end, schedule, end_scale, rl_cfg)
+                chain = RLGRLModel.execute(rl, *widgets, outside_window=outside).args[0]
+                several = RLGApplyMulti.execute(base, chain).args[0]
+                one = RLGApply.execute(base, rl, *widgets, outside_window=outside).args[0]
+                got, ref = (h.ksample(m, batch=2, steps=5) for m in (several, one))
+                assert torch.equal(got, ref), (schedule, rl_cfg, outside)
+    # outside_window is what RLG Apply did before it existed: "RL model", and "off" is another image
+    assert torch.equal(h.ksample(RLGApply.execute(base, rl, 1.6, 0.2, 0.7).args[0], steps=5),
+                       h.ksample(RLGApply.execute(base, rl, 1.6, 0.2, 0.7, outside_window="RL model").args[0], steps=5))
+    assert h.max_diff(h.ksample(RLGApply.execute(base, rl, 1.6, 0.2, 0.7, outside_window="off").args[0], steps=5),
+                      h.ksample(RLGApply.execute(base, rl, 1.6, 0.2, 0.7).args[0], steps=5)) > 1e-3
+
+
 def test_forwards_per_window_and_zero_terms_cost_nothing():
     base = h.load_model("sd3")
     rl1, rl2, rl3 = (h.load_model("sd3", rl_seed=s) for s in (1, 2, 3))
@@ -71,8 +96,8 @@ def test_forwards_per_window_and_zero_terms_cost_nothing():
     sigmas = h.schedule(base, steps=steps)[:-1]
     first_half = int((sigmas >= float(sampling.percent_to_sigma(0.5))).sum())
     second_half = int((sigmas <= float(sampling.percent_to_sigma(0.5))).sum())
-    terms = [(rl1, TermSpec(1.5, 0.0, 0.5)), (rl2, TermSpec(0.8, 0.5, 1.0)), (rl3, TermSpec(0.0))]
-    h.ksample(apply_rlg_terms(base, terms), steps=steps)
+    terms = [(rl1, RLGSettings(1.5, 0.0, 0.5)), (rl2, RLGSettings(0.8, 0.5, 1.0)), (rl3, RLGSettings(0.0))]
+    h.ksample(attach_rlg(base, terms), steps=steps)
     assert counts[1].calls == first_half and counts[2].calls == second_half
     assert counts[3].calls == 0  # weight 0: never evaluated
     assert counts[0].calls == steps  # the base runs wherever a blend or nothing happens
@@ -81,7 +106,7 @@ def test_forwards_per_window_and_zero_terms_cost_nothing():
 def test_outside_every_window_the_base_runs_alone():
     base = h.load_model("sd3")
     rl = h.load_model("sd3", rl_seed=1)
-    out = h.ksample(apply_rlg_terms(base, [(rl, TermSpec(2.0, 1.0, 1.0))]))
+    out = h.ksample(attach_rlg(base, [(rl, RLGSettings(2.0, 1.0, 1.0))]))
     assert h.max_diff(out, h.ksample(base)) == 0.0
 
 
@@ -94,17 +119,20 @@ def test_refusals_name_the_term():
     with pytest.raises(RLGInputError, match=r"rl_models \(RL model 2\)") as err:
         RLGApplyMulti.execute(base, terms)
     assert "SD15" in str(err.value)
-    with pytest.raises(RLGInputError, match="RL model 1: start_percent"):
-        apply_rlg_terms(base, [(h.load_model("sd3", rl_seed=1), TermSpec(1.0, 0.9, 0.1))])
+    # A window that ends before it starts cannot even become settings: RLG RL Model refuses it, by input name.
+    with pytest.raises(RLGInputError, match="start_percent .*0.9.* is after end_percent"):
+        RLGRLModel.execute(h.load_model("sd3", rl_seed=1), 1.0, 0.9, 0.1)
+    with pytest.raises(RLGInputError, match="start_percent"):
+        RLGSettings(1.0, 0.9, 0.1)
 
 
 def test_same_rl_model_twice_adds_the_scales_and_warns_once(caplog):
     base = h.load_model("sd3")
     rl = h.with_lora(base)
     with caplog.at_level(logging.WARNING):
-        twice = apply_rlg_terms(base, [(rl, TermSpec(0.5)), (rl, TermSpec(1.0))])
+        twice = attach_rlg(base, [(rl, RLGSettings(0.5)), (rl, RLGSettings(1.0))])
     assert caplog.text.count("same RL model") == 1
-    ref = h.ksample(apply_rlg(base, rl, 1.5, 0, 1), batch=2)
+    ref = h.ksample(h.rlg(base, rl, 1.5, 0, 1), batch=2)
     assert h.max_diff(h.ksample(twice, batch=2), ref) <= h.tolerance(ref)
 
 
@@ -113,10 +141,10 @@ def test_chaining_builds_the_list_and_leaves_the_input_unchanged():
     first = RLGRLModel.execute(h.with_lora(base), 1.2, 0.1, 0.9, "linear", 0.5, 1.0).args[0]
     second = RLGRLModel.execute(h.load_model("sd3", rl_seed=1), -0.5, 0.0, 1.0, rl_models=first).args[0]
     assert len(first) == 1 and len(second) == 2 and second[0] is first[0]
-    spec = first[0][1]
-    assert (spec.scale, spec.start_percent, spec.end_percent, spec.schedule, spec.end_scale, spec.rl_cfg) == (
-        1.2, 0.1, 0.9, "linear", 0.5, 1.0)
-    assert second[1][1].rl_cfg is None and second[1][1].end_scale is None  # defaults: sampler's cfg, constant
+    settings = first[0][1]
+    assert settings == RLGSettings(1.2, 0.1, 0.9, Schedule.LINEAR, 0.5, RLBranchCFG(1.0), OutsideWindow.OFF, 1)
+    # defaults: the sampler's cfg, no ramp, off outside the window, the RL model at every step
+    assert second[1][1] == RLGSettings(-0.5)
 
 
 def test_guider_form_equals_ksampler_form():
@@ -206,7 +234,7 @@ def test_scale_seen_at_each_sigma_follows_the_schedule(sampler, shape):
 def test_constant_schedule_is_todays_result_bit_for_bit():
     base = h.load_model("sd3")
     for rl in (h.with_lora(base), h.load_model("sd3", rl_seed=1)):
-        ref = h.ksample(apply_rlg(base, rl, 1.7, 0.2, 0.9), batch=2)
+        ref = h.ksample(h.rlg(base, rl, 1.7, 0.2, 0.9), batch=2)
         # schedule constant (the default): end_scale is ignored
         node = RLGApply.execute(base, rl, 1.7, 0.2, 0.9, "constant", -3.0, 0.0).args[0]
         assert torch.equal(h.ksample(node, batch=2), ref)

@@ -8,9 +8,9 @@ import pytest
 import safetensors.torch
 import torch
 
+from comfyui_rlg.nodes.errors import RLGInputError
 from comfyui_rlg.nodes.nodes_lora import RLGLoraLoaderModelOnly, load_peft_aware
 from comfyui_rlg.nodes.peft_alpha import alpha_keys, find_adapter_config, needs_alpha
-from comfyui_rlg.nodes.rlg_math import RLGInputError
 from harness import sampling as h
 from harness import tiny_models as tm
 
@@ -80,12 +80,11 @@ def test_non_peft_lora_loads_exactly_as_stock(tmp_path):
 
 
 def test_rlg_with_a_peft_lora_rl_model(peft_lora):
-    from comfyui_rlg.nodes.apply import apply_rlg
 
     base, _, path = peft_lora
     rl = load_peft_aware(base, str(path), 1.0)
     ref_rl = h.ksample(rl)
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), ref_rl) <= h.tolerance(ref_rl)
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 1.0, 0, 1)), ref_rl) <= h.tolerance(ref_rl)
     assert RLGLoraLoaderModelOnly.define_schema().node_id == "RLGLoraLoaderModelOnly"
 
 

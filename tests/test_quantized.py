@@ -14,7 +14,7 @@ import comfy.sd
 import pytest
 import torch
 
-from comfyui_rlg.nodes.apply import apply_rlg
+from comfyui_rlg.nodes.rl_delta import LayerPath
 from harness import sampling as h
 from harness import tiny_models as tm
 from harness.host import comfy_version
@@ -36,9 +36,9 @@ def fp8_pair():
 
 def test_fast_path_takes_quantized_linears_and_leaves_their_kernel_to_the_base_pass(fp8_pair, caplog):
     base, rl = fp8_pair
-    patched = apply_rlg(base, rl, 1.5, 0, 1)
+    patched = h.rlg(base, rl, 1.5, 0, 1)
     delta = h.rlg_wrapper(patched).terms[0].pair.delta
-    assert delta.hooks_only and {layer.fast for layer in delta.layers} == {"hook"}
+    assert delta.hooks_only and {layer.fast for layer in delta.layers} == {LayerPath.HOOK}
     seen = []
     layer = base.get_model_object(QKV)
     handle = layer.register_forward_pre_hook(lambda m, args: seen.append(len(m.weight_function)))
@@ -54,8 +54,8 @@ def test_fast_path_takes_quantized_linears_and_leaves_their_kernel_to_the_base_p
 def test_identities_and_per_step_blend_on_fp8(fp8_pair):
     base, rl = fp8_pair
     ref_base, ref_rl = h.ksample(base, batch=2), h.ksample(rl, batch=2)
-    out0 = h.ksample(apply_rlg(base, rl, 0.0, 0, 1), batch=2)
-    out1 = h.ksample(apply_rlg(base, rl, 1.0, 0, 1), batch=2)
+    out0 = h.ksample(h.rlg(base, rl, 0.0, 0, 1), batch=2)
+    out1 = h.ksample(h.rlg(base, rl, 1.0, 0, 1), batch=2)
     assert h.max_diff(out0, ref_base) == 0.0
     # ComfyUI's own LoRA on an fp8 layer re-quantizes W + dW; RLG adds dW @ x in full precision. Both are
     # the RL model to fp8 precision, and RLG(w=1) is far from the base.
@@ -68,8 +68,8 @@ def test_identities_and_per_step_blend_on_fp8(fp8_pair):
     gen = torch.Generator().manual_seed(2)
     xs = [torch.randn(h.latent("sd3", 2).shape, generator=gen) * float(s) for s in sigmas[:-1]]
     probe = lambda m: h.probe_predictions(m, xs, sigmas, positive, negative, cfg=4.0)  # noqa: E731
-    pb, pr = probe(base), probe(apply_rlg(base, rl, 1.0, 0, 1))
+    pb, pr = probe(base), probe(h.rlg(base, rl, 1.0, 0, 1))
     for w in (0.5, 2.0):
-        for b, r, g in zip(pb, pr, probe(apply_rlg(base, rl, w, 0, 1)), strict=True):
+        for b, r, g in zip(pb, pr, probe(h.rlg(base, rl, w, 0, 1)), strict=True):
             assert h.max_diff(b, r) > 1e-3
             assert h.max_diff(g, b + w * (r - b)) <= 1e-4 * (1 + float(r.abs().max()))

@@ -5,9 +5,8 @@ import math
 
 import pytest
 
-from comfyui_rlg.nodes.apply import apply_rlg
+from comfyui_rlg.nodes.errors import RLGInputError
 from comfyui_rlg.nodes.nodes_rlg import RLGApply
-from comfyui_rlg.nodes.rlg_math import RLGInputError
 from harness import sampling as h
 
 
@@ -27,7 +26,7 @@ def test_other_prediction_type_is_refused():
     base = h.load_model("sd3")
     eps = ModelSamplingDiscrete().patch(h.load_model("sd3", rl_seed=1), "eps", False)[0]
     with pytest.raises(RLGInputError, match="prediction"):
-        apply_rlg(base, eps, 1.5, 0.0, 1.0)
+        h.rlg(base, eps, 1.5, 0.0, 1.0)
 
 
 def test_other_shape_is_refused():
@@ -41,7 +40,7 @@ def test_other_shape_is_refused():
         {k: v for k, v in sd.items()} | {"y_embedder.mlp.0.weight": sd["y_embedder.mlp.0.weight"][:, :16]}
     )
     with pytest.raises(RLGInputError, match="network config"):
-        apply_rlg(base, wider, 1.5, 0.0, 1.0)
+        h.rlg(base, wider, 1.5, 0.0, 1.0)
 
 
 def test_window_and_scale_are_checked():
@@ -57,7 +56,7 @@ def test_lora_not_chained_after_the_bases_lora_is_refused():
     styled = h.with_lora(ckpt, lora_seed=11, match="mlp")
     rl_without_style = h.with_lora(ckpt, lora_seed=12)
     with pytest.raises(RLGInputError, match="after model's own LoRAs"):
-        apply_rlg(styled, rl_without_style, 1.5, 0.0, 1.0)
+        h.rlg(styled, rl_without_style, 1.5, 0.0, 1.0)
 
 
 def test_inputs_are_not_changed():
@@ -65,7 +64,7 @@ def test_inputs_are_not_changed():
     rl = h.with_lora(base)
     before = (dict(base.patches), dict(base.weight_wrapper_patches), base.model_options.copy(),
               dict(rl.patches), rl.model_options.copy())
-    apply_rlg(base, rl, 2.0, 0.1, 0.9)
+    h.rlg(base, rl, 2.0, 0.1, 0.9)
     after = (dict(base.patches), dict(base.weight_wrapper_patches), base.model_options.copy(),
              dict(rl.patches), rl.model_options.copy())
     assert before == after
@@ -76,21 +75,21 @@ def test_rl_model_that_adds_nothing_is_refused_unless_it_is_the_base_itself(capl
     no_match = base.clone()
     assert no_match.add_patches({"not.a.key": ("diff", (None,))}) == []  # a LoRA whose keys all failed
     with pytest.raises(RLGInputError, match="rl_model adds nothing to model.*lora key not loaded"):
-        apply_rlg(base, no_match, 2.0, 0.0, 1.0)
+        h.rlg(base, no_match, 2.0, 0.0, 1.0)
     # The base itself (the RL LoRA loader bypassed, or at strength 0): a deliberate comparison, the base runs.
     with caplog.at_level(logging.WARNING):
-        out = h.ksample(apply_rlg(base, base, 2.0, 0.0, 1.0))
+        out = h.ksample(h.rlg(base, base, 2.0, 0.0, 1.0))
     assert "the base model itself" in caplog.text
     assert h.max_diff(out, h.ksample(base)) == 0.0
 
 
 def test_lora_connected_after_rlg_apply_warns_once(caplog):
     base, rl = h.load_model("sd3"), h.load_model("sd3", rl_seed=1)
-    late = h.with_lora(apply_rlg(base, rl, 1.5, 0.0, 1.0))
+    late = h.with_lora(h.rlg(base, rl, 1.5, 0.0, 1.0))
     with caplog.at_level(logging.WARNING):
         h.ksample(late, steps=3)
     assert caplog.text.count("connected after RLG Apply") == 1
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        h.ksample(apply_rlg(base, rl, 1.5, 0.0, 1.0), steps=3)
+        h.ksample(h.rlg(base, rl, 1.5, 0.0, 1.0), steps=3)
     assert "connected after RLG Apply" not in caplog.text

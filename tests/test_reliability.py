@@ -473,8 +473,8 @@ def test_bad_input_is_refused_by_name_and_the_server_keeps_serving(server, refs,
 def test_an_rlg_rl_model_node_refuses_its_own_bad_inputs():
     """With several RL models, a bad value was refused only by the Apply node, as 'RL model <i>': the user had to
     count the chain to find it. The RLG RL Model node that holds it now refuses it."""
+    from comfyui_rlg.nodes.errors import RLGInputError
     from comfyui_rlg.nodes.nodes_multi import RLGRLModel
-    from comfyui_rlg.nodes.rlg_math import RLGInputError
     from harness import sampling as h
 
     rl = h.load_model("sd3", rl_seed=1)
@@ -490,10 +490,10 @@ def test_combo_values_not_in_the_list_are_refused_by_the_rlg_node_itself(tmp_pat
     """ComfyUI 0.3.75 checks no combo value of a V3 node: an API prompt's unknown schedule reached sampling and
     failed in the KSampler, a lora_name out of the loras folder failed deep in folder_paths. The nodes refuse
     both themselves, by name (0.8.0 refuses them before, in its validation)."""
+    from comfyui_rlg.nodes.errors import RLGInputError
     from comfyui_rlg.nodes.nodes_lora import RLGLoraLoaderModelOnly
     from comfyui_rlg.nodes.nodes_multi import RLGRLModel
     from comfyui_rlg.nodes.nodes_rlg import RLGApply, RLGGuider
-    from comfyui_rlg.nodes.rlg_math import RLGInputError
     from harness import sampling as h
 
     base, rl = h.load_model("sd3"), h.load_model("sd3", rl_seed=1)

@@ -18,9 +18,8 @@ import comfy.patcher_extension
 import pytest
 import torch
 
-from comfyui_rlg.nodes.apply import apply_rlg
+from comfyui_rlg.nodes.errors import RLGInputError
 from comfyui_rlg.nodes.rl_delta import RLRowsForward
-from comfyui_rlg.nodes.rlg_math import RLGInputError
 from harness import sampling as h
 
 QKV = "diffusion_model.joint_blocks.0.x_block.attn.qkv"
@@ -40,11 +39,11 @@ def test_rebuilt_module_after_rlg_apply_still_runs_the_rl_model(batched):
     rl = h.with_lora(base)
     ref_rl, ref_base = h.ksample(rl, batch=2), h.ksample(base, batch=2)
     for w, ref in ((1.0, ref_rl), (0.0, ref_base)):
-        out = h.ksample(rebuilt(apply_rlg(base, rl, w, 0, 1, batched=batched)), batch=2)
+        out = h.ksample(rebuilt(h.rlg(base, rl, w, 0, 1, batched=batched)), batch=2)
         assert h.max_diff(out, ref) <= h.tolerance(ref), f"w={w}"
     # And the blend at w=2 matches the one on the original module.
-    blended = h.ksample(apply_rlg(base, rl, 2.0, 0, 1, batched=batched), batch=2)
-    assert h.max_diff(h.ksample(rebuilt(apply_rlg(base, rl, 2.0, 0, 1, batched=batched)), batch=2), blended) <= 1e-5
+    blended = h.ksample(h.rlg(base, rl, 2.0, 0, 1, batched=batched), batch=2)
+    assert h.max_diff(h.ksample(rebuilt(h.rlg(base, rl, 2.0, 0, 1, batched=batched)), batch=2), blended) <= 1e-5
 
 
 def _compute_qkv_without_calling_it(patcher):
@@ -85,7 +84,7 @@ def test_layer_computed_without_calling_its_module_is_not_silently_base(batched,
     for w in (1.0, 2.0):
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            pg = probe(apply_rlg(base, rl, w, 0, 1, batched=batched))
+            pg = probe(h.rlg(base, rl, w, 0, 1, batched=batched))
         for b, r, g in zip(pb, pr, pg, strict=True):
             assert h.max_diff(g, b + w * (r - b)) <= 1e-4, f"w={w}"
         assert caplog.text.count("did not take the fast path") == 1, caplog.text  # said once, not every step
@@ -101,9 +100,9 @@ def test_layer_that_ignores_weight_functions_gets_the_rl_weights_swapped_in():
     qkv = base.get_model_object(QKV)
     qkv.forward = lambda x: torch.nn.functional.linear(x, qkv.weight, qkv.bias)  # ignores weight_function
     ref_rl = h.ksample(rl)
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), ref_rl) <= h.tolerance(ref_rl)
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 1.0, 0, 1)), ref_rl) <= h.tolerance(ref_rl)
     ref_base = h.ksample(base)
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 0.0, 0, 1)), ref_base) <= h.tolerance(ref_base)
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 0.0, 0, 1)), ref_base) <= h.tolerance(ref_base)
     assert h.max_diff(h.ksample(base), ref_base) == 0.0  # swapped back
 
 
@@ -119,7 +118,7 @@ def test_skipped_layers_are_fine_and_not_reported(caplog):
     ref_rl = h.ksample(slg(rl), **kw)
     assert h.max_diff(ref_rl, h.ksample(rl, **kw)) > 1e-4  # SLG acts
     with caplog.at_level(logging.WARNING):
-        out = h.ksample(slg(apply_rlg(base, rl, 1.0, 0, 1)), **kw)
+        out = h.ksample(slg(h.rlg(base, rl, 1.0, 0, 1)), **kw)
     assert h.max_diff(out, ref_rl) <= h.tolerance(ref_rl)
     assert "fast path" not in caplog.text
 
@@ -138,7 +137,7 @@ def test_two_threads_on_two_module_copies_get_exact_rows():
     # each on its own copy of the module and its own share of the rows (cond_or_uncond).
     base = h.load_model("sd3")
     rl = h.with_lora(base)
-    pair = h.rlg_wrapper(apply_rlg(base, rl, 1.5, 0, 1)).terms[0].pair
+    pair = h.rlg_wrapper(h.rlg(base, rl, 1.5, 0, 1)).terms[0].pair
     rows = RLRowsForward({1: pair.delta}, lambda c: 1 if c >= 2 else 0, notify=lambda msg: None)
     copies = [h.load_model("sd3").model, h.load_model("sd3").model]  # one copy of the module per "GPU"
     barrier = threading.Barrier(2, timeout=30)
@@ -182,25 +181,28 @@ def test_two_threads_on_two_module_copies_get_exact_rows():
         assert h.max_diff(out[1], ref_base[2 * i + 1]) > 1e-3
 
 
-def test_rl_model_made_with_injections_is_refused_not_taken_as_identical():
-    # Newest ComfyUI's bypass LoRA loader puts the LoRA in `injections`, not in weight patches.
+def test_rl_model_made_with_injections_rlg_cannot_read_is_refused_not_taken_as_identical():
+    # Newest ComfyUI's bypass LoRA loader puts the LoRA in `injections`, not in weight patches; RLG reads the LoRA
+    # out of it (tests/test_newest_host.py runs the real loader). An injection it cannot read, or one of another
+    # kind, would make the pair look identical: it is refused, naming the loader and what to use instead.
     base = h.load_model("sd3")
-    rl = base.clone()
-    rl.set_injections("bypass_lora", [comfy.patcher_extension.PatcherInjection(inject=lambda p: None,
-                                                                                eject=lambda p: None)])
-    with pytest.raises(RLGInputError, match="injections") as err:
-        apply_rlg(base, rl, 1.5, 0, 1)
-    assert "LoraLoaderModelOnly" in str(err.value)
+    opaque = comfy.patcher_extension.PatcherInjection(inject=lambda p: None, eject=lambda p: None)
+    for key, words in (("bypass_lora", "bypass LoRA loader"), ("some_pack", "injections")):
+        rl = base.clone()
+        rl.set_injections(key, [opaque])
+        with pytest.raises(RLGInputError, match=words) as err:
+            h.rlg(base, rl, 1.5, 0, 1)
+        assert "LoraLoaderModelOnly" in str(err.value)
 
 
 def test_rl_pass_that_cannot_be_made_exact_stops_with_a_clear_error():
     # A LoRA layer the running model does not have (rl_model was loaded on another model): refuse
     # loudly inside sampling rather than leave the RL part out.
-    from comfyui_rlg.nodes.rlg_math import RLGRuntimeError
+    from comfyui_rlg.nodes.errors import RLGRuntimeError
 
     base = h.load_model("sd3")
     rl = h.with_lora(base)
-    patched = apply_rlg(base, rl, 1.5, 0, 1)
+    patched = h.rlg(base, rl, 1.5, 0, 1)
     layer = h.rlg_wrapper(patched).terms[0].pair.delta.layers[0]
     layer.module_name = layer.module_name + "_gone"
     with pytest.raises(RLGRuntimeError, match="has no layer"):
@@ -210,12 +212,12 @@ def test_rl_pass_that_cannot_be_made_exact_stops_with_a_clear_error():
 def test_caches_keyed_on_inputs_alone_are_off_for_a_shared_module():
     # Newest ComfyUI's Qwen-Image 2.1 caches text/reference K/V across steps keyed on the inputs only, so the
     # base and RL passes of one shared module would reuse each other's; RLG switches it off where it matters.
-    from comfyui_rlg.nodes.rlg_sampling import QWEN_PREFIX_CACHE
+    from comfyui_rlg.nodes.rl_options import QWEN_PREFIX_CACHE
 
     base = h.load_model("sd3")
-    shared = apply_rlg(base, h.with_lora(base), 1.5, 0, 1)
+    shared = h.rlg(base, h.with_lora(base), 1.5, 0, 1)
     assert shared.model_options["transformer_options"][QWEN_PREFIX_CACHE] == {"device": "off"}
-    separate = apply_rlg(base, h.load_model("sd3", rl_seed=1), 1.5, 0, 1)  # two modules, two caches: left on
+    separate = h.rlg(base, h.load_model("sd3", rl_seed=1), 1.5, 0, 1)  # two modules, two caches: left on
     assert QWEN_PREFIX_CACHE not in separate.model_options.get("transformer_options", {})
     assert QWEN_PREFIX_CACHE not in base.model_options.get("transformer_options", {})  # the input is unchanged
 
@@ -227,10 +229,10 @@ def test_separate_rl_model_uses_each_gpus_copy_only_when_it_is_that_model():
     # runs whole on the main device (no split in its options). Built here from real patchers (the host has no
     # multi-GPU split); the ids are what newest ComfyUI's clone() copies.
     from comfyui_rlg.nodes.model_pair import ADDITIONAL_MODELS_KEY
-    from comfyui_rlg.nodes.rlg_sampling import _separate_multigpu
+    from comfyui_rlg.nodes.rl_options import separate_multigpu
 
     base, rl = h.load_model("sd3"), h.load_model("sd3", rl_seed=1)
-    patched = apply_rlg(base, rl, 1.5, 0, 1)
+    patched = h.rlg(base, rl, 1.5, 0, 1)
     rl.clone_base_uuid, rl.patches_uuid = "rl-file", "rl-patches"
     rl_on_gpu1 = rl.clone()
     rl_on_gpu1.clone_base_uuid, rl_on_gpu1.patches_uuid = "rl-file", "rl-patches"
@@ -238,9 +240,9 @@ def test_separate_rl_model_uses_each_gpus_copy_only_when_it_is_that_model():
     base_on_gpu1.set_additional_models(ADDITIONAL_MODELS_KEY, [rl_on_gpu1])
     gpu1, pool = torch.device("cuda", 1), object()
     options = {"multigpu_clones": {rl.load_device: patched, gpu1: base_on_gpu1}, "multigpu_thread_pool": pool}
-    split = _separate_multigpu(options, rl)
+    split = separate_multigpu(options, rl)
     assert split["multigpu_clones"] == {rl.load_device: rl, gpu1: rl_on_gpu1} and split["multigpu_thread_pool"] is pool
     assert rl_on_gpu1.model.current_patcher is rl_on_gpu1  # pre_run: the core does not run it for these copies
     rl_on_gpu1.patches_uuid = "another RL model's patches"  # ComfyUI merged two RL models' copies into one
-    assert _separate_multigpu(options, rl) == {}
-    assert _separate_multigpu({}, rl) == {}
+    assert separate_multigpu(options, rl) == {}
+    assert separate_multigpu({}, rl) == {}

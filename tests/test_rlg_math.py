@@ -1,26 +1,32 @@
-"""The pure blend / schedule / patch-diff code, without a model."""
+"""The pure blend / schedule / settings / patch-diff code, without a model."""
 
 import math
 
 import pytest
 import torch
 
+from comfyui_rlg.nodes.errors import RLGInputError
 from comfyui_rlg.nodes.patch_diff import DivergentPatchesError, added_entries, extra_weight_patches, merge_entries
 from comfyui_rlg.nodes.rlg_math import (
-    RLGInputError,
-    ScaleSchedule,
     SigmaWindow,
-    TermSpec,
     blend_many,
     blend_prediction_lists,
     blend_predictions,
     branch_cfg_cond,
-    check_scale,
-    check_window,
     combine,
     plan_step,
+    ramp,
     sigma_to_percent,
+    term_weight,
     with_branch_cfg,
+)
+from comfyui_rlg.nodes.settings import (
+    OutsideWindow,
+    RLBranchCFG,
+    RLGSettings,
+    Schedule,
+    check_scale,
+    check_window,
 )
 
 
@@ -55,16 +61,17 @@ def test_blend_lists_must_match():
 
 def test_plan_inside_and_outside_window():
     window = SigmaWindow(sigma_start=0.8, sigma_end=0.2)
-    spec = TermSpec(2.0, 0.2, 0.8)
-    weight = lambda sigma: spec.weight_at(sigma, window, lambda s: 1 - s)  # noqa: E731
+    off = RLGSettings(2.0, 0.2, 0.8)  # outside_window "off", RLG RL Model's default
+    weight = lambda sigma, settings=off: term_weight(settings, sigma, window, lambda s: 1 - s)  # noqa: E731
     assert weight(0.9) is None and weight(0.1) is None
     assert weight(0.8) == 2.0 and weight(0.2) == 2.0  # inclusive ends
-    # RLG Apply (one RL model): outside the window the RL model runs alone.
-    outside = plan_step([None], rl_alone_outside=True)
-    assert (outside.run_base, outside.terms) == (False, ((0, 1.0),))
-    # Several RL models: outside its window a term is off, and with none on the base runs alone.
+    # Outside its window an "off" term is off, and with none on the base runs alone.
     assert (plan_step([None]).run_base, plan_step([None]).terms) == (True, ())
-    inside = plan_step([weight(0.5)], rl_alone_outside=True)
+    # outside_window "RL model" (RLG Apply's default): scale 1 there, so one RL model runs alone.
+    rl_model = RLGSettings(2.0, 0.2, 0.8, outside_window=OutsideWindow.RL_MODEL)
+    outside = plan_step([weight(0.9, rl_model)])
+    assert (outside.run_base, outside.terms) == (False, ((0, 1.0),))
+    inside = plan_step([weight(0.5, rl_model)])
     assert (inside.run_base, inside.terms) == (True, ((0, 2.0),))
 
 
@@ -113,19 +120,22 @@ def test_sigma_to_percent_inverts_percent_to_sigma():
 
 
 def test_schedules_go_from_the_scale_to_the_end_scale():
-    for shape in ("linear", "cosine"):
-        ramp = ScaleSchedule(shape, 2.0, 0.5)
-        assert ramp.at(0.0) == pytest.approx(2.0) and ramp.at(1.0) == pytest.approx(0.5)
-        assert ramp.at(-1.0) == pytest.approx(2.0) and ramp.at(2.0) == pytest.approx(0.5)
-        assert ramp.at(0.5) == pytest.approx(1.25)
-    assert ScaleSchedule("linear", 2.0, 0.5).at(0.25) == pytest.approx(1.625)
-    assert ScaleSchedule("cosine", 2.0, 0.5).at(0.25) == pytest.approx(0.5 + 1.5 * 0.5 * (1 + math.cos(math.pi / 4)))
-    assert ScaleSchedule("constant", 2.0, 0.5).at(0.7) == 2.0
-    with pytest.raises(RLGInputError, match="schedule"):
-        ScaleSchedule("exp", 1.0, 2.0)
-    spec = TermSpec(3.0, 0.2, 0.6, "linear", 1.0)
+    for shape in (Schedule.LINEAR, Schedule.COSINE):
+        at = lambda u, shape=shape: ramp(shape, 2.0, 0.5, u)  # noqa: E731
+        assert at(0.0) == pytest.approx(2.0) and at(1.0) == pytest.approx(0.5)
+        assert at(-1.0) == pytest.approx(2.0) and at(2.0) == pytest.approx(0.5)
+        assert at(0.5) == pytest.approx(1.25)
+    assert ramp(Schedule.LINEAR, 2.0, 0.5, 0.25) == pytest.approx(1.625)
+    assert ramp(Schedule.COSINE, 2.0, 0.5, 0.25) == pytest.approx(0.5 + 1.5 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert ramp(Schedule.CONSTANT, 2.0, 0.5, 0.7) == 2.0
+    with pytest.raises(RLGInputError, match="schedule is 'exp'"):
+        RLGSettings(1.0, schedule="exp")
+    settings = RLGSettings(3.0, 0.2, 0.6, "linear", 1.0)
     window = SigmaWindow(0.8, 0.4)
-    assert spec.weight_at(0.6, window, lambda s: 1 - s) == pytest.approx(2.0)  # percent 0.4, half way
+    assert term_weight(settings, 0.6, window, lambda s: 1 - s) == pytest.approx(2.0)  # percent 0.4, half way
+    # a constant schedule never ramps, whatever end_scale says; neither does a sweep's scale per row
+    assert not RLGSettings(3.0, schedule="constant", end_scale=1.0).ramps
+    assert not RLGSettings(torch.tensor([1.0, 2.0])).ramps
 
 
 def test_cfg_per_branch_is_cfg_of_each_branch_blended():
@@ -190,3 +200,21 @@ def test_merge_entries_does_not_touch_shared_dicts():
     merge_entries(target, {"patches": {"a": [2], "b": [3]}, "x": 1})
     assert target == {"patches": {"a": [1, 2], "b": [3]}, "x": 1}
     assert shared == {"a": [1]}
+
+
+def test_settings_are_checked_where_they_are_made():
+    """Every limit, once: an RLGSettings that exists is usable, and a bad value names its input."""
+    assert RLGSettings.from_widgets(1.5, 0.0, 1.0, "constant", 3.0, 0.0) == RLGSettings(1.5)  # end_scale unused
+    assert RLGSettings.from_widgets(1.5, 0, 1, rl_cfg=1.0).rl_cfg == RLBranchCFG(1.0)
+    assert not RLBranchCFG.from_widget(0).own and RLBranchCFG.from_widget(2.5).needs_uncond
+    assert not RLBranchCFG.from_widget(1).needs_uncond
+    for kwargs, name in ((dict(rlg_scale=11), "rlg_scale"), (dict(end_scale=-12, schedule="linear"), "end_scale"),
+                         (dict(rl_cfg=101), "rl_cfg"), (dict(rl_cfg=-1), "rl_cfg"), (dict(rl_every=0), "rl_every"),
+                         (dict(rl_every=9), "rl_every"), (dict(rl_every=2.5), "rl_every"),
+                         (dict(outside_window="sometimes"), "outside_window"), (dict(schedule="exp"), "schedule"),
+                         (dict(start_percent=0.8, end_percent=0.2), "start_percent")):
+        widgets = dict(rlg_scale=1.0, start_percent=0.0, end_percent=1.0) | kwargs
+        with pytest.raises(RLGInputError, match=name):
+            RLGSettings.from_widgets(**widgets)
+    with pytest.raises(RLGInputError, match="rlg_scale"):
+        RLGSettings(torch.tensor([1.0, 12.0]))

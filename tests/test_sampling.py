@@ -12,7 +12,7 @@ import comfy.samplers
 import pytest
 import torch
 
-from comfyui_rlg.nodes.apply import apply_rlg
+from comfyui_rlg.nodes.rl_delta import LayerPath
 from harness import sampling as h
 from harness import tiny_models as tm
 
@@ -37,8 +37,8 @@ def test_w0_is_base_and_w1_is_rl(family, form, cfg, sampler):
     ref_base = h.ksample(base, **kw)
     ref_rl = h.ksample(rl, **kw)
     assert h.max_diff(ref_base, ref_rl) > 1e-3, "test models too similar to tell apart"
-    out0 = h.ksample(apply_rlg(base, rl, 0.0, 0.0, 1.0), **kw)
-    out1 = h.ksample(apply_rlg(base, rl, 1.0, 0.0, 1.0), **kw)
+    out0 = h.ksample(h.rlg(base, rl, 0.0, 0.0, 1.0), **kw)
+    out1 = h.ksample(h.rlg(base, rl, 1.0, 0.0, 1.0), **kw)
     d0, d1 = h.max_diff(out0, ref_base), h.max_diff(out1, ref_rl)
     IDENTITY_DIFFS[f"{family} {form:4s} cfg={cfg} {sampler}"] = max(d0, d1)
     assert d0 <= h.tolerance(ref_base), f"w=0 differs from the base model by {d0}"
@@ -55,7 +55,7 @@ def test_each_step_blends_base_and_rl(family, form, w):
     gen = torch.Generator().manual_seed(3)
     xs = [torch.randn(h.latent(family, 2).shape, generator=gen) * float(s) for s in sigmas[:-1]]
     probe = lambda m: h.probe_predictions(m, xs, sigmas, positive, negative, cfg=4.5)  # noqa: E731
-    pred_base, pred_rl, pred_rlg = probe(base), probe(rl), probe(apply_rlg(base, rl, w, 0.0, 1.0))
+    pred_base, pred_rl, pred_rlg = probe(base), probe(rl), probe(h.rlg(base, rl, w, 0.0, 1.0))
     for step, (b, r, g) in enumerate(zip(pred_base, pred_rl, pred_rlg, strict=True)):
         assert h.max_diff(b, r) > 1e-4
         expected = b + w * (r - b)
@@ -74,7 +74,7 @@ def test_outside_window_only_the_rl_model_runs(form):
     base_count.calls = rl_count.calls = 0
 
     # A window that holds no step: every step is the RL model's, the base never runs.
-    out = h.ksample(apply_rlg(base_c, rl_c, 2.5, 1.0, 1.0), steps=steps)
+    out = h.ksample(h.rlg(base_c, rl_c, 2.5, 1.0, 1.0), steps=steps)
     assert base_count.calls == 0
     assert rl_count.calls == steps
     assert h.max_diff(out, ref_rl) <= TOL
@@ -86,7 +86,7 @@ def test_outside_window_only_the_rl_model_runs(form):
     sigmas = h.schedule(base, steps=steps)[:-1]
     in_window = int((sigmas <= sigma_start).sum())
     assert 0 < in_window < steps
-    h.ksample(apply_rlg(base_c, rl_c, 2.5, 0.5, 1.0), steps=steps)
+    h.ksample(h.rlg(base_c, rl_c, 2.5, 0.5, 1.0), steps=steps)
     assert base_count.calls == in_window
     assert rl_count.calls == steps
 
@@ -98,7 +98,7 @@ def test_rl_pass_uses_the_rl_models_own_options():
     base_count, rl_count = h.ForwardCounter(), h.ForwardCounter()
     base_count.attach(base)
     rl_count.attach(rl)
-    h.ksample(apply_rlg(base, rl, 0.5, 0.0, 1.0), steps=3)
+    h.ksample(h.rlg(base, rl, 0.5, 0.0, 1.0), steps=3)
     assert base_count.calls == 3 and rl_count.calls == 3
 
 
@@ -107,7 +107,7 @@ def test_lora_rl_model_keeps_no_second_copy_and_leaves_base_clean():
     lora = h.with_lora(base)
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     ref_base = h.ksample(base)
-    h.ksample(apply_rlg(base, lora, 1.7, 0.0, 1.0))
+    h.ksample(h.rlg(base, lora, 1.7, 0.0, 1.0))
     after_base = h.ksample(base)
     assert h.max_diff(after_base, ref_base) == 0.0
     # The module holds the base weights again, not the LoRA-patched ones.
@@ -122,8 +122,8 @@ def test_base_with_its_own_lora_and_rl_lora_on_top():
     styled = h.with_lora(ckpt, lora_seed=11, match="mlp")
     rl = h.with_lora(styled, lora_seed=12)
     ref_styled, ref_rl = h.ksample(styled, cfg=2.0), h.ksample(rl, cfg=2.0)
-    assert h.max_diff(h.ksample(apply_rlg(styled, rl, 0.0, 0, 1), cfg=2.0), ref_styled) <= TOL
-    assert h.max_diff(h.ksample(apply_rlg(styled, rl, 1.0, 0, 1), cfg=2.0), ref_rl) <= TOL
+    assert h.max_diff(h.ksample(h.rlg(styled, rl, 0.0, 0, 1), cfg=2.0), ref_styled) <= TOL
+    assert h.max_diff(h.ksample(h.rlg(styled, rl, 1.0, 0, 1), cfg=2.0), ref_rl) <= TOL
 
 
 def test_works_after_rescale_cfg_on_the_base():
@@ -132,9 +132,9 @@ def test_works_after_rescale_cfg_on_the_base():
     base, rl = _pair("sd3", "full")
     rescaled = RescaleCFG().patch(base, 0.7)[0]
     ref = h.ksample(rescaled, cfg=5.0)
-    assert h.max_diff(h.ksample(apply_rlg(rescaled, rl, 0.0, 0, 1), cfg=5.0), ref) <= TOL
+    assert h.max_diff(h.ksample(h.rlg(rescaled, rl, 0.0, 0, 1), cfg=5.0), ref) <= TOL
     # And after RLG: RescaleCFG(RLG(w=1)) is RescaleCFG(rl).
-    after = RescaleCFG().patch(apply_rlg(base, rl, 1.0, 0, 1), 0.7)[0]
+    after = RescaleCFG().patch(h.rlg(base, rl, 1.0, 0, 1), 0.7)[0]
     ref_rl = h.ksample(RescaleCFG().patch(rl, 0.7)[0], cfg=5.0)
     assert h.max_diff(h.ksample(after, cfg=5.0), ref_rl) <= TOL
 
@@ -149,8 +149,8 @@ def test_pag_extra_pass_reaches_the_rl_model(form):
     pag = lambda m: PAG.execute(m, 2.0).args[0]  # noqa: E731
     kw = dict(family="sd15", cfg=3.0, steps=3)
     ref_rl, ref_base = h.ksample(pag(rl), **kw), h.ksample(pag(base), **kw)
-    assert h.max_diff(h.ksample(pag(apply_rlg(base, rl, 1.0, 0, 1)), **kw), ref_rl) <= h.tolerance(ref_rl)
-    assert h.max_diff(h.ksample(pag(apply_rlg(base, rl, 0.0, 0, 1)), **kw), ref_base) <= h.tolerance(ref_base)
+    assert h.max_diff(h.ksample(pag(h.rlg(base, rl, 1.0, 0, 1)), **kw), ref_rl) <= h.tolerance(ref_rl)
+    assert h.max_diff(h.ksample(pag(h.rlg(base, rl, 0.0, 0, 1)), **kw), ref_base) <= h.tolerance(ref_base)
 
 
 @pytest.mark.parametrize("form", ["full", "lora"])
@@ -162,9 +162,9 @@ def test_latent_noise_mask_inpainting(form):
     mask[..., 2:6, 2:6] = 1.0
     kw = dict(latent_image=source, denoise_mask=mask, cfg=3.0)
     ref_base, ref_rl = h.ksample(base, **kw), h.ksample(rl, **kw)
-    out0 = h.ksample(apply_rlg(base, rl, 0.0, 0, 1), **kw)
-    out1 = h.ksample(apply_rlg(base, rl, 1.0, 0, 1), **kw)
-    out2 = h.ksample(apply_rlg(base, rl, 2.0, 0, 1), **kw)
+    out0 = h.ksample(h.rlg(base, rl, 0.0, 0, 1), **kw)
+    out1 = h.ksample(h.rlg(base, rl, 1.0, 0, 1), **kw)
+    out2 = h.ksample(h.rlg(base, rl, 2.0, 0, 1), **kw)
     assert h.max_diff(out0, ref_base) <= TOL and h.max_diff(out1, ref_rl) <= TOL
     keep = mask.expand_as(source) == 0
     processed = base.model.process_latent_in(source)
@@ -214,9 +214,9 @@ def test_other_stock_sampler_nodes(path):
         return SamplerCustomAdvanced.execute(Noise_RandomNoise(9), guider, euler, sigmas, latent).args[0]["samples"]
 
     ref_base, ref_rl = run(base), run(rl)
-    assert h.max_diff(run(apply_rlg(base, rl, 0.0, 0, 1)), ref_base) <= TOL
-    assert h.max_diff(run(apply_rlg(base, rl, 1.0, 0, 1)), ref_rl) <= TOL
-    assert h.max_diff(run(apply_rlg(base, rl, 2.0, 0, 1)), ref_rl) > 1e-4
+    assert h.max_diff(run(h.rlg(base, rl, 0.0, 0, 1)), ref_base) <= TOL
+    assert h.max_diff(run(h.rlg(base, rl, 1.0, 0, 1)), ref_rl) <= TOL
+    assert h.max_diff(run(h.rlg(base, rl, 2.0, 0, 1)), ref_rl) > 1e-4
 
 
 def test_model_management_holds_both_models_while_sampling():
@@ -234,7 +234,7 @@ def test_model_management_holds_both_models_while_sampling():
             seen[name] = loaded_modules()
         return callback
 
-    patched = apply_rlg(base, rl, 1.5, 0, 1)
+    patched = h.rlg(base, rl, 1.5, 0, 1)
     positive, negative = h.conds("sd3")
     lat = h.latent("sd3")
     comfy.sample.sample(patched, comfy.sample.prepare_noise(lat, 1), 3, 3.0, "euler", "simple", positive, negative,
@@ -242,7 +242,7 @@ def test_model_management_holds_both_models_while_sampling():
     assert any(m is base.model for m in seen["separate"]) and any(m is rl.model for m in seen["separate"])
 
     # The LoRA form adds no model: the RL pass runs on the base's module.
-    shared = apply_rlg(base, lora_rl, 1.5, 0, 1)
+    shared = h.rlg(base, lora_rl, 1.5, 0, 1)
     assert shared.get_additional_models() == []
     assert patched.get_additional_models() != []
     mm.unload_all_models()
@@ -261,11 +261,11 @@ def test_rl_patch_on_a_plain_torch_parameter_is_swapped_in_and_restored():
     rl = h.with_lora(base)
     assert rl.add_patches({key: ("diff", (torch.full(original.shape, 0.5),))}) == [key]
     ref_base, ref_rl = h.ksample(base), h.ksample(rl)
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 0.0, 0, 1)), ref_base) <= TOL
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), ref_rl) <= TOL
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 0.0, 0, 1)), ref_base) <= TOL
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 1.0, 0, 1)), ref_rl) <= TOL
     lora_only = h.with_lora(base)
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), h.ksample(lora_only)) > 1e-4
-    h.ksample(apply_rlg(base, rl, 2.0, 0, 1))
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 1.0, 0, 1)), h.ksample(lora_only)) > 1e-4
+    h.ksample(h.rlg(base, rl, 2.0, 0, 1))
     assert torch.equal(base.get_model_object(key), original)
     assert h.max_diff(h.ksample(base), ref_base) == 0.0
 
@@ -278,7 +278,7 @@ def test_rl_patch_comfy_does_not_apply_is_not_applied_by_rlg_either():
     rl = h.with_lora(base)
     delta = torch.ones(base.get_model_object(key).shape)
     assert rl.add_patches({key: ("diff", (delta,))}) == [key]
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1)), h.ksample(rl)) <= TOL
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 1.0, 0, 1)), h.ksample(rl)) <= TOL
 
 
 @pytest.mark.parametrize("w", [0.0, 0.5, 1.0, 2.0])
@@ -286,13 +286,13 @@ def test_batched_lora_path_blends_like_two_passes(w):
     # Base and RL rows in one forward, the LoRA added to the RL rows by forward hooks.
     base = h.load_model("sd3")
     lora = h.with_lora(base)
-    fast = apply_rlg(base, lora, w, 0.0, 1.0, batched=True)
+    fast = h.rlg(base, lora, w, 0.0, 1.0, batched=True)
     wrapper = h.rlg_wrapper(fast)
-    assert wrapper.batched and wrapper.terms[0].pair.delta.hooks_only
+    assert wrapper.passes.batched and wrapper.terms[0].pair.delta.hooks_only
     counter = h.ForwardCounter()
     counter.attach(fast)
     kw = dict(batch=2, cfg=3.0, steps=4)
-    two_pass = h.ksample(apply_rlg(base, lora, w, 0.0, 1.0, batched=False), **kw)
+    two_pass = h.ksample(h.rlg(base, lora, w, 0.0, 1.0, batched=False), **kw)
     out = h.ksample(fast, **kw)
     assert h.max_diff(out, two_pass) <= 1e-4
     assert counter.calls == 4  # one forward per step, whatever w
@@ -303,26 +303,26 @@ def test_batched_lora_path_blends_like_two_passes(w):
 def test_lora_fast_path_is_used_only_where_it_is_exact():
     base = h.load_model("sd3")
     pair = lambda m: h.rlg_wrapper(m).terms[0].pair  # noqa: E731
-    assert pair(apply_rlg(base, h.load_model("sd3", rl_seed=1), 1.5, 0, 1)).mode == "separate"  # not a LoRA
-    assert pair(apply_rlg(base, h.with_lora(base), 1.5, 0, 1)).delta.hooks_only
+    assert pair(h.rlg(base, h.load_model("sd3", rl_seed=1), 1.5, 0, 1)).form == "separate"  # not a LoRA
+    assert pair(h.rlg(base, h.with_lora(base), 1.5, 0, 1)).delta.hooks_only
     diff = h.with_lora(base)
     key = "diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"
     diff.add_patches({key: ("diff", (torch.zeros(base.get_model_object(key).shape),))})
-    delta = pair(apply_rlg(base, diff, 1.5, 0, 1)).delta
+    delta = pair(h.rlg(base, diff, 1.5, 0, 1)).delta
     assert not delta.hooks_only  # not a plain LoRA on that layer: a weight function, in a forward of its own
-    assert {layer.fast for layer in delta.layers if layer.key == key} == {"function"}
-    assert not h.rlg_wrapper(apply_rlg(base, h.with_lora(base), 1.5, 0, 1)).batched  # on the CPU: two forwards
+    assert {layer.fast for layer in delta.layers if layer.key == key} == {LayerPath.FUNCTION}
+    assert not h.rlg_wrapper(h.rlg(base, h.with_lora(base), 1.5, 0, 1)).passes.batched  # on the CPU: two forwards
 
     # An RL model with a wrapper of its own needs its own options: its rows never share the base's forward.
     rl = h.with_lora(base)
     base_count, rl_count = h.ForwardCounter(), h.ForwardCounter()
     rl_count.attach(rl)
-    patched = apply_rlg(base, rl, 1.5, 0, 1, batched=True)
+    patched = h.rlg(base, rl, 1.5, 0, 1, batched=True)
     assert pair(patched).own_options
     base_count.attach(patched)
     out = h.ksample(patched, steps=3)
     assert rl_count.calls == 3 and base_count.calls == 3  # two forwards a step, each with its own wrappers
-    two_pass = h.ksample(apply_rlg(base, rl, 1.5, 0, 1, batched=False), steps=3)
+    two_pass = h.ksample(h.rlg(base, rl, 1.5, 0, 1, batched=False), steps=3)
     assert h.max_diff(out, two_pass) <= 1e-5
 
 
@@ -339,7 +339,7 @@ def test_two_pass_lora_paths_blend_each_step(form):
     sigmas = h.schedule(base, steps=4)
     xs = [torch.randn(h.latent("sd3", 2).shape, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     probe = lambda m: h.probe_predictions(m, xs, sigmas, positive, negative, cfg=3.0)  # noqa: E731
-    pb, pr, pg = probe(base), probe(rl), probe(apply_rlg(base, rl, 2.0, 0, 1, batched=False))
+    pb, pr, pg = probe(base), probe(rl), probe(h.rlg(base, rl, 2.0, 0, 1, batched=False))
     for b, r, g in zip(pb, pr, pg, strict=True):
         assert h.max_diff(g, b + 2.0 * (r - b)) <= 1e-4
 
@@ -352,8 +352,8 @@ def test_batched_path_with_pag_matches_two_passes():
     base = h.load_model("sd15")
     lora = h.with_lora(base)
     kw = dict(family="sd15", cfg=3.0, steps=3)
-    fast = PAG.execute(apply_rlg(base, lora, 1.5, 0, 1, batched=True), 2.0).args[0]
-    slow = PAG.execute(apply_rlg(base, lora, 1.5, 0, 1, batched=False), 2.0).args[0]
+    fast = PAG.execute(h.rlg(base, lora, 1.5, 0, 1, batched=True), 2.0).args[0]
+    slow = PAG.execute(h.rlg(base, lora, 1.5, 0, 1, batched=False), 2.0).args[0]
     assert h.max_diff(h.ksample(fast, **kw), h.ksample(slow, **kw)) <= 1e-4
 
 
@@ -371,6 +371,6 @@ def test_controlnet_keeps_working(form):
     kw = dict(family="sd15", batch=2, positive=positive, negative=negative, cfg=4.0, steps=3)
     ref_base, ref_rl = h.ksample(base, **kw), h.ksample(rl, **kw)
     assert h.max_diff(ref_base, h.ksample(base, family="sd15", batch=2, cfg=4.0, steps=3)) > 1e-3  # it acts
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 0.0, 0, 1), **kw), ref_base) <= h.tolerance(ref_base)
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 1.0, 0, 1), **kw), ref_rl) <= h.tolerance(ref_rl)
-    assert h.max_diff(h.ksample(apply_rlg(base, rl, 2.0, 0, 1), **kw), ref_rl) > 1e-3
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 0.0, 0, 1), **kw), ref_base) <= h.tolerance(ref_base)
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 1.0, 0, 1), **kw), ref_rl) <= h.tolerance(ref_rl)
+    assert h.max_diff(h.ksample(h.rlg(base, rl, 2.0, 0, 1), **kw), ref_rl) > 1e-3

@@ -12,7 +12,6 @@ import pytest
 import safetensors.torch
 import torch
 
-from comfyui_rlg.nodes.apply import apply_rlg
 from harness import sampling as h
 from harness import tiny_models as tm
 from harness.server import ComfyServer, execution_error
@@ -116,7 +115,7 @@ def test_rlg_prompt_over_http_matches_in_process_sampling(server):
     out = saved_latent(server, entry)
     base = h.load_model("sd3")
     rl = h.load_model("sd3", rl_seed=1)
-    expected = h.ksample(apply_rlg(base, rl, 1.5, 0.0, 1.0), cfg=3.0, steps=4, seed=42)
+    expected = h.ksample(h.rlg(base, rl, 1.5, 0.0, 1.0), cfg=3.0, steps=4, seed=42)
     assert out.shape == expected.shape
     assert h.max_diff(out, expected) <= 1e-4
     assert h.max_diff(out, h.ksample(base, cfg=3.0, steps=4, seed=42)) > 1e-3
@@ -182,12 +181,12 @@ def test_two_rl_loras_over_http(server):
     assert entry["status"]["status_str"] == "success", entry["status"]
     out = saved_latent(server, entry)
 
-    from comfyui_rlg.nodes.apply import apply_rlg_terms
-    from comfyui_rlg.nodes.rlg_math import TermSpec
+    from comfyui_rlg.nodes.apply import attach_rlg
+    from comfyui_rlg.nodes.settings import RLGSettings
 
     base = h.load_model("sd3")
     rl1, rl2 = h.with_lora(base, lora_seed=7), h.with_lora(base, lora_seed=8, match="mlp")
-    terms = [(rl1, TermSpec(1.2)), (rl2, TermSpec(0.7, 0.0, 0.6, "linear", 0.2))]
-    expected = h.ksample(apply_rlg_terms(base, terms), cfg=3.0, steps=4, seed=42)
+    terms = [(rl1, RLGSettings(1.2)), (rl2, RLGSettings(0.7, 0.0, 0.6, "linear", 0.2))]
+    expected = h.ksample(attach_rlg(base, terms), cfg=3.0, steps=4, seed=42)
     assert h.max_diff(out, expected) <= 1e-4
     assert h.max_diff(out, h.ksample(rl1, cfg=3.0, steps=4, seed=42)) > 1e-3

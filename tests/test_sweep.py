@@ -7,9 +7,10 @@ import nodes as comfy_nodes
 import pytest
 import torch
 
+from comfyui_rlg.nodes.errors import RLGInputError, RLGRuntimeError
 from comfyui_rlg.nodes.nodes_rlg import RLGApply
 from comfyui_rlg.nodes.nodes_sweep import RLGScaleSweep, RLGSweepGrid
-from comfyui_rlg.nodes.rlg_math import RLGInputError, RLGRuntimeError, parse_scales
+from comfyui_rlg.nodes.settings import parse_scales
 from harness import sampling as h
 
 SCALES = "0, 0.5, 1, 1.5, 2, 3"

@@ -1,0 +1,141 @@
+"""Running the models one step needs: the base through the rest of ComfyUI's chain, each RL model in its form.
+
+ComfyUI glue, below the step (step.py) and above the RL-model forms (model_pair.py, rl_delta.py):
+* separate file: calc_cond_batch on its own module, with its own options (rl_options.py);
+* LoRA on the base's module: a forward of the base's module whose RL rows get the LoRA added
+  (rl_delta.RLRowsForward). LoRAs that hooks run exactly share one forward with the base's rows where
+  batching pays (off the CPU); the others take a forward each.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import comfy.samplers
+import torch
+
+from .model_pair import PairForm, RLModelPair
+from .rl_delta import RLRowsForward
+from .rl_options import batchable, rl_model_options, with_apply_wrapper
+from .settings import RLGSettings
+
+if TYPE_CHECKING:
+    from comfy.model_base import BaseModel
+
+log = logging.getLogger("ComfyUI-RLG")
+
+Outputs = list[torch.Tensor]
+
+
+@dataclass
+class RLTerm:
+    """One RL model in the blend: what the user set, and how the model runs."""
+
+    settings: RLGSettings
+    pair: RLModelPair
+    label: str = "rl_model"
+
+
+class ModelPasses:
+    """Evaluates the base and the RL models for one calc_cond_batch call."""
+
+    def __init__(self, terms: Sequence[RLTerm], batched: bool):
+        self.terms = terms
+        self.batched = batched
+        self._rows_key = f"rlg_rl_rows_{id(self):x}"
+        self._notified: set[str] = set()
+        self._solo: set[int] = set()  # LoRA terms whose rows a hook could not pick out of a shared forward
+        self._late_patches_checked_for: int | None = None  # id of the sampled patcher last checked
+        # The sampler passes the same model_options dict at every step of a run: each RL model's options are
+        # built once per dict, not once per step.
+        self._options: dict[int, tuple[dict, dict]] = {}
+
+    def evaluate(self, executor: Callable, model: BaseModel, conds: Sequence, term_conds: dict[int, list],
+                 x_in: torch.Tensor, timestep: torch.Tensor, model_options: dict,
+                 run_base: bool) -> tuple[Outputs | None, dict[int, Outputs]]:
+        """(the base's outputs or None, {term: its outputs}) for the terms in term_conds."""
+        shared = [k for k in term_conds if self.terms[k].pair.form is PairForm.SHARED]
+        separate = [k for k in term_conds if self.terms[k].pair.form is PairForm.SEPARATE]
+        together = []
+        if self.batched and batchable(model_options):
+            together = [k for k in shared if k not in self._solo
+                        and not self.terms[k].pair.own_options and self.terms[k].pair.delta.hooks_only]
+        if len(together) + run_base < 2:
+            together = []
+        base_out, rl_out = None, {}
+
+        if together:  # the base's rows and these RL models' rows in one forward
+            segments = ([(0, list(conds))] if run_base else []) + [(k + 1, term_conds[k]) for k in together]
+            owner = [term for term, seg in segments for _ in seg]
+            flat = [c for _, seg in segments for c in seg]
+            outs = self._shared_forward(executor, model, flat, x_in, timestep, model_options,
+                                        {k + 1: self.terms[k].pair.delta for k in together},
+                                        lambda c: owner[c], own_options=None)
+            start = 0
+            for term, seg in segments:
+                part = outs[start:start + len(seg)]
+                start += len(seg)
+                if term == 0:
+                    base_out = part
+                else:
+                    rl_out[term - 1] = part
+        if run_base and base_out is None:
+            base_out = executor(model, conds, x_in, timestep, model_options)
+        for k in shared:
+            if k not in rl_out:
+                pair = self.terms[k].pair
+                rl_out[k] = self._shared_forward(executor, model, term_conds[k], x_in, timestep, model_options,
+                                                 {k + 1: pair.delta}, lambda c, k=k: k + 1,
+                                                 own_options=k if pair.own_options else None)
+        for k in separate:
+            rl_out[k] = self._separate_forward(model, k, term_conds[k], x_in, timestep, model_options)
+        return base_out, rl_out
+
+    def _shared_forward(self, executor, model, conds, x_in, timestep, model_options, deltas, term_of_cond,
+                        own_options: int | None) -> Outputs:
+        """A forward of the base's module where the rows of each RL model get its delta (rl_delta.py)."""
+        rows = RLRowsForward(deltas, term_of_cond, self.notify, on_shared_misfit=lambda term: self._solo.add(term - 1))
+        if own_options is None:  # the RL model needs nothing but its weights: the base's own chain
+            return executor(model, conds, x_in, timestep, with_apply_wrapper(model_options, self._rows_key, rows))
+        options = self.options_for(own_options, model_options)
+        return comfy.samplers.calc_cond_batch(model, conds, x_in, timestep,
+                                              with_apply_wrapper(options, self._rows_key, rows))
+
+    def _separate_forward(self, model, k, conds, x_in, timestep, model_options) -> Outputs:
+        rl = self.terms[k].pair.rl_patcher
+        options = self.options_for(k, model_options)
+        # Additional models do not get pre_run() from the sampler, and _calc_cond_batch reads
+        # model.current_patcher; the sampler's cleanup of additional models undoes this.
+        if getattr(rl.model, "current_patcher", None) is not rl:
+            rl.pre_run()
+        self._warn_if_patched_after(model)
+        return comfy.samplers.calc_cond_batch(rl.model, conds, x_in, timestep, options)
+
+    def options_for(self, k: int, model_options: dict) -> dict:
+        cached = self._options.get(k)
+        if cached is None or cached[0] is not model_options:
+            cached = (model_options, rl_model_options(self.terms[k].pair, model_options))
+            self._options[k] = cached
+        return cached[1]
+
+    def notify(self, message: str) -> None:
+        if message not in self._notified:
+            self._notified.add(message)
+            log.warning(message)
+
+    def _warn_if_patched_after(self, model: Any) -> None:
+        """Weight patches added to the base after RLG Apply do not reach a separate RL model."""
+        patcher = getattr(model, "current_patcher", None)
+        if patcher is None or id(patcher) == self._late_patches_checked_for:
+            return
+        self._late_patches_checked_for = id(patcher)
+        if any(term.pair.form is PairForm.SEPARATE and any(len(v) > term.pair.base_patch_keys.get(key, 0)
+                                                           for key, v in getattr(patcher, "patches", {}).items())
+               for term in self.terms):
+            log.warning(
+                "RLG: weight patches (LoRAs) were connected after RLG Apply; they change only the "
+                "base model, not rl_model. Connect them before RLG Apply, to both models."
+            )
