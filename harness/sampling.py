@@ -75,10 +75,16 @@ class ForwardCounter:
     def __init__(self):
         self.calls = 0
         self.rows = 0
+        self.sigmas: list[float] = []  # the sigma of each forward
+        self.schedule: list[float] = []  # the sampling run's schedule (sample_sigmas) as the forwards saw it
 
     def __call__(self, executor, *args, **kwargs):
         self.calls += 1
         self.rows += args[0].shape[0]
+        self.sigmas.append(float(args[1].flatten()[0]))
+        options = args[5] if len(args) > 5 else kwargs.get("transformer_options") or {}
+        if options.get("sample_sigmas") is not None:
+            self.schedule = [float(s) for s in options["sample_sigmas"].flatten()]
         return executor(*args, **kwargs)
 
     def attach(self, patcher):
