@@ -50,7 +50,10 @@ SIZES = {
 DEFAULT_SIZES = ("tiny", "small")
 QUICK_SIZES = {"tiny": (2, 8, 4, 2), "small": (4, 16, 4, 1)}
 CASES = ("base", "rl", "rlg", "lora", "rlg_lora", "rlg_lora_batched", "rlg_lora_wrappers", "rlg_window50",
-         "lora2", "lora3", "rlg_2loras", "rlg_3loras")
+         "lora2", "lora3", "rlg_2loras", "rlg_3loras", "rlg_every2", "rlg_every3", "rlg_lora_every2", "rlg_lora_every3",
+         "rlg_lora_batched_every2", "rlg_lora_batched_every3")
+# rl_every n: the RL model at every n-th step, its correction estimated between (an opt-in estimate, not exact RLG)
+EVERY_CASES = {"rlg_every": ("rl", None), "rlg_lora_every": ("lora", False), "rlg_lora_batched_every": ("lora", True)}
 
 
 def _setup_comfy():
@@ -142,6 +145,7 @@ class Bench:
         self.base = comfy.sd.load_diffusion_model_state_dict(dict(base_sd))
         self.rl = self.lora = None
         self.loras = []
+        self.lora_patches = None
         # Build only what is asked for: memory children must not hold (or have held) the others.
         if "rl" in need:
             self.rl = comfy.sd.load_diffusion_model_state_dict(tiny_models.perturbed(base_sd, 1, rel=0.1))
@@ -153,8 +157,10 @@ class Bench:
                 lora_sd = tiny_models.lora_for(base_sd, seed, rank=64, match="")
                 self.lora_bytes = sum(v.numel() * v.element_size() for v in lora_sd.values())
                 patched = self.base.clone()
-                patched.add_patches(comfy.lora.load_lora(lora_sd, key_map))
+                patches = comfy.lora.load_lora(lora_sd, key_map)
+                patched.add_patches(patches)
                 self.loras.append(patched)
+                self.lora_patches = self.lora_patches or patches  # the first LoRA's, to rebuild it (rl_forwards)
                 del lora_sd
             self.lora = self.loras[0]
         del base_sd
@@ -182,7 +188,36 @@ class Bench:
             "lora3": lambda: self.loras[2],
             "rlg_2loras": lambda: _several(self.base, self.loras[:2]),
             "rlg_3loras": lambda: _several(self.base, self.loras[:3]),
+            **{f"{name}{n}": (lambda rl_name=rl_name, batched=batched, n=n: rlg(
+                self.base, getattr(self, rl_name), 1.5, 0.0, 1.0, batched=batched, rl_every=n))
+               for name, (rl_name, batched) in EVERY_CASES.items() for n in (2, 3)},
         }[case]()
+
+    def rl_forwards(self, rl_name: str, every: int, batched: bool | None) -> int:
+        """How many forwards ran the RL model in one sampling run (counted on fresh patchers, not timed)."""
+        import comfy.lora
+        import comfy.sample
+
+        from harness.sampling import ForwardCounter
+
+        rlg = _load_pack()
+        counter = ForwardCounter()
+        base = self.base.clone()
+        if rl_name == "rl":
+            rl = self.rl.clone()
+            counter.attach(rl)
+        else:  # a LoRA's RL rows run in the base's forwards: count the RL model's rows there
+            counter.attach(base)
+            rl = base.clone()
+            rl.add_patches(self.lora_patches)
+        noise = comfy.sample.prepare_noise(self.latent, 1)
+        with self.torch.inference_mode():
+            comfy.sample.sample(rlg(base, rl, 1.5, 0.0, 1.0, batched=batched, rl_every=every), noise, self.steps, 3.0,
+                                "euler", "simple", self.positive, self.negative, self.latent, disable_pbar=True, seed=1)
+        if rl_name == "rl":
+            return counter.calls
+        base_rows = self.steps * 2 * self.batch  # cond and uncond rows of every step
+        return round((counter.rows - base_rows) / (2 * self.batch))
 
     def run(self, case: str) -> float:
         import comfy.model_management
@@ -313,6 +348,11 @@ def main() -> None:
                 med["rlg_2loras"] / (med["base"] + med["lora"] + med["lora2"]), 1.10),
             "3 LoRAs: t / (t_base + sum t_lora_i)": (
                 med["rlg_3loras"] / (med["base"] + med["lora"] + med["lora2"] + med["lora3"]), 1.10),
+            **{f"{what} rl_every {n}: t / (t_base + t_{rl_name})": (
+                med[f"{name}{n}"] / (med["base"] + med[rl_name]), {2: 0.80, 3: 0.72}[n])
+               for name, (rl_name, batched) in EVERY_CASES.items() for n in (2, 3)
+               for what in ({"rlg_every": "full", "rlg_lora_every": "LoRA", "rlg_lora_batched_every": "LoRA batched"}
+                            [name],)},
         }
         print(f"{'case':<18}{'median s':>10}{'min s':>9}{'peak mem MB':>13}")
         for case in CASES:
@@ -321,6 +361,11 @@ def main() -> None:
         for name, (value, target) in ratios.items():
             verdict = "ok" if value <= target else "over target"
             print(f"  {name:<42} {value:6.3f}   (target <= {target:.2f}: {verdict})")
+        forwards = {(rl_name, batched, n): bench.rl_forwards(rl_name, n, batched)
+                    for rl_name, batched in (("rl", None), ("lora", False)) for n in (1, 2, 3)}
+        print(f"  RL forwards per run ({bench.steps} steps): " + ", ".join(
+            f"{'full' if rl_name == 'rl' else 'LoRA'} rl_every {n}: {count}"
+            for (rl_name, _, n), count in forwards.items()))
         if mem:
             extra_full, extra_lora = mem["rlg"] - mem["base"], mem["rlg_lora"] - mem["base"]
             extra_batched = mem["rlg_lora_batched"] - mem["base"]
