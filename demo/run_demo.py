@@ -12,6 +12,8 @@
      -> SaveLatent for each rlg_scale, plus the RL model alone in both forms;
    * two dials: base + RL LoRA 1 and base + RL LoRA 2, each into an RLG RL Model node (w_1, w_2),
      chained into RLG Apply (several RL models) -> KSampler -> SaveLatent, over a grid of (w_1, w_2).
+   * the cost of RLG: the RL model at every 2nd and 3rd step only (rl_every), and the free alternative, the RL
+     LoRA alone at strength w (one forward per step), against exact RLG from the same noise.
 3. Classifies every sample, scores the rewards, and writes tables, plots and sample pictures to
    out/demo/.
 """
@@ -43,6 +45,9 @@ LORA2_FILE = "rlg_demo_rl2_lora.safetensors"
 DEMO_NODES = Path(__file__).resolve().parent / "comfy_nodes"
 SCALES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 GRID_SCALES = (0.0, 1.0, 2.0)  # the two-dial grid: every (w_1, w_2) with both from this list
+EVERY_SCALES = (1.0, 2.0, 3.0)  # rl_every 2 and 3 at these scales, against exact RLG from the same noise
+LORA_STRENGTHS = (0.5, 1.0, 1.5, 2.0, 3.0)  # the RL LoRA alone at strength w: the one-forward alternative
+STEPS = 20
 CODE_FILES = (ROOT / "demo" / "train.py", ROOT / "demo" / "synthetic.py", ROOT / "harness" / "tiny_sd3.py")
 
 
@@ -55,6 +60,23 @@ class SweepRow:
     predicted_share: float | None
     seconds: float
     samples: torch.Tensor
+
+
+@dataclass
+class CostRow:
+    """One setting of the cost table: a way to get RLG's scale w for less, against exact RLG at w."""
+
+    method: str
+    w: float
+    share: float  # of red discs
+    switched: float | None  # share of samples whose pattern differs from exact RLG at w with the same noise
+    rl_forwards: int  # forwards that run the RL model in one run of STEPS steps
+    seconds: float
+    samples: torch.Tensor
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} w={self.w:g}"
 
 
 @dataclass
@@ -131,9 +153,9 @@ def ensure_models(models_dir: Path, config: train.TrainConfig, quiet: bool = Fal
 
 # ---------------------------------------------------------------- the workflow, API format
 
-def rlg_graph(scale: float, samples: int, seed: int, prefix: str) -> dict:
+def rlg_graph(scale: float, samples: int, seed: int, prefix: str, rl_every: int = 1) -> dict:
     """The demo workflow (example_workflows/rlg_demo.json is its UI twin) at one rlg_scale."""
-    return {
+    graph = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": BASE_FILE, "weight_dtype": "default"}},
         "2": {"class_type": "LoraLoaderModelOnly",
               "inputs": {"model": ["1", 0], "lora_name": LORA_FILE, "strength_model": 1.0}},
@@ -141,19 +163,25 @@ def rlg_graph(scale: float, samples: int, seed: int, prefix: str) -> dict:
                                                    "start_percent": 0.0, "end_percent": 1.0}},
         "4": {"class_type": "RLGDemoPrompt", "inputs": {}},
         "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": samples}},
-        "6": {"class_type": "KSampler", "inputs": {"model": ["3", 0], "seed": seed, "steps": 20, "cfg": 1.0,
+        "6": {"class_type": "KSampler", "inputs": {"model": ["3", 0], "seed": seed, "steps": STEPS, "cfg": 1.0,
                                                    "sampler_name": "euler", "scheduler": "simple",
                                                    "positive": ["4", 0], "negative": ["4", 1],
                                                    "latent_image": ["5", 0], "denoise": 1.0}},
         "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix}},
     }
+    if rl_every != 1:
+        graph["3"]["inputs"]["rl_every"] = rl_every
+    return graph
 
 
-def rl_alone_graph(form: str, samples: int, seed: int, prefix: str) -> dict:
+def rl_alone_graph(form: str, samples: int, seed: int, prefix: str, strength: float = 1.0) -> dict:
+    """The RL model alone: the full file, or the base through the RL LoRA at `strength` (1 = as trained)."""
     graph = rlg_graph(1.0, samples, seed, prefix)
     del graph["3"]
     if form == "full":
         graph["2"] = {"class_type": "UNETLoader", "inputs": {"unet_name": RL_FILE, "weight_dtype": "default"}}
+    else:
+        graph["2"]["inputs"]["strength_model"] = strength
     graph["6"]["inputs"]["model"] = ["2", 0]
     return graph
 
@@ -234,6 +262,45 @@ def sweep(server: ComfyServer, scales, samples: int, seed: int, beta: float, qui
     return rows
 
 
+def _red_share(x: torch.Tensor) -> float:
+    return float((synthetic.classify(x) == synthetic.REWARDED_MODE).float().mean())
+
+
+def cost_sweep(server: ComfyServer, dial: list[SweepRow], samples: int, seed: int, every_scales=EVERY_SCALES,
+               lora_strengths=LORA_STRENGTHS, quiet: bool = False) -> list[CostRow]:
+    """RLG for less than two models, against exact RLG at the same w from the same noise.
+
+    rl_every n: the RL model evaluated at every n-th step, its correction estimated between (the RL forwards of a
+    run: one per evaluation step). The RL LoRA at strength w: one forward per step, weight-space extrapolation.
+    Exact RLG's samples come from the dial sweep (same seed, same graph) where it ran that w.
+    """
+    exact = {r.scale: r for r in dial if r.scale is not None}
+    jobs = [("RLG", w, 1, rlg_graph(w, samples, seed, f"rlg_demo/cost_w{w:g}")) for w in
+            sorted(set(every_scales) | set(lora_strengths)) if w not in exact]
+    jobs += [(f"RLG, RL every {n}{'nd' if n == 2 else 'rd'} step", w, n,
+              rlg_graph(w, samples, seed, f"rlg_demo/every{n}_w{w:g}", rl_every=n))
+             for n in (2, 3) for w in every_scales]
+    jobs += [("RL LoRA at strength w", w, None, rl_alone_graph("lora", samples, seed, f"rlg_demo/lora_w{w:g}", w))
+             for w in lora_strengths]
+    rows: list[CostRow] = []
+    for method, w, every, graph in tqdm(jobs, desc=f"the cost of RLG: {samples} images per setting via ComfyUI",
+                                        unit="prompt", disable=quiet):
+        x, seconds = _run(server, graph)
+        forwards = len(range(0, STEPS, every)) if every else 0
+        rows.append(CostRow(method, w, _red_share(x), None, forwards, seconds, x))
+        if method == "RLG":
+            exact[w] = SweepRow(f"RLG w={w:g}", w, float(synthetic.reward(x).mean()), rows[-1].share, None, seconds, x)
+    reference = {w: synthetic.classify(r.samples) for w, r in exact.items()}
+    out = [CostRow("RLG", w, exact[w].rewarded_share, 0.0, STEPS, exact[w].seconds, exact[w].samples)
+           for w in sorted(exact) if w in set(every_scales) | set(lora_strengths)]
+    for row in rows:
+        if row.method != "RLG":
+            row.switched = float((synthetic.classify(row.samples) != reference[row.w]).float().mean()) \
+                if row.w in reference else None
+            out.append(row)
+    return out
+
+
 def grid_sweep(server: ComfyServer, grid_scales, samples: int, seed: int, betas: tuple[float, float],
                quiet: bool = False) -> list[GridRow]:
     """Every (w_1, w_2) from grid_scales x grid_scales; (0, 0), the base, gives the shares to tilt."""
@@ -288,6 +355,51 @@ def write_plot(rows: list[SweepRow], beta: float, path: Path) -> None:
     ax.set_title("RLG dial through ComfyUI: mean reward against rlg_scale")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_cost_table(rows: list[CostRow], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "w", "red_disc_share", "switched_vs_exact_rlg", "rl_forwards", "seconds"])
+        for r in rows:
+            writer.writerow([r.method, r.w, f"{r.share:.4f}", "" if r.switched is None else f"{r.switched:.4f}",
+                             r.rl_forwards, f"{r.seconds:.2f}"])
+
+
+def write_cost_plot(rows: list[CostRow], dial: list[SweepRow], beta: float, path: Path) -> None:
+    """Share of red discs against w: exact RLG, RLG with the RL model every 2nd / 3rd step, the LoRA at strength w."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base_share = next(r.rewarded_share for r in dial if r.scale == 0.0)
+    exact = sorted({(r.scale, r.rewarded_share) for r in dial if r.scale is not None}
+                   | {(r.w, r.share) for r in rows if r.method == "RLG"})
+    top = max(w for w, _ in exact)
+    grid = torch.linspace(0.0, top, 100).tolist()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.plot(grid, [synthetic.predicted_share(base_share, w, beta) for w in grid], "--", color="gray",
+            label=r"tilt: base tilted by $\exp(w\,r/\beta)$")
+    ax.plot([w for w, _ in exact], [s for _, s in exact], "o-", color="tab:red", label=f"RLG ({STEPS} RL forwards)")
+    for method, marker, color in (("RLG, RL every 2nd step", "s", "tab:orange"), ("RLG, RL every 3rd step", "^",
+                                                                                   "tab:purple")):
+        pts = [(r.w, r.share, r.rl_forwards) for r in rows if r.method == method]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, color=color, markersize=8, linestyle="none",
+                    label=f"{method} ({pts[0][2]} RL forwards)")
+    lora = [(0.0, base_share)] + [(r.w, r.share) for r in rows if r.method == "RL LoRA at strength w"]
+    ax.plot([p[0] for p in lora], [p[1] for p in lora], "x-", color="tab:blue",
+            label="RL LoRA at strength w (one forward per step)")
+    ax.set_xlabel("w (rlg_scale, or the LoRA's strength)")
+    ax.set_ylabel("share of red discs")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("RLG for less: the RL model every n-th step, or the LoRA at strength w")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7.5)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -359,9 +471,9 @@ def write_pictures(rows: list[SweepRow] | list[GridRow], path: Path, per_row: in
 
 
 def summary(rows: list[SweepRow], grid: list[GridRow], manifest: dict, models_dir: Path, out_dir: Path,
-            total_seconds: float) -> str:
+            total_seconds: float, cost: list[CostRow] = ()) -> str:
     lines = ["", "RLG demo: the same 'prompt', sampled by ComfyUI at each rlg_scale "
-             f"({rows[0].samples.shape[0]} samples, euler, 20 steps, cfg 1)",
+             f"({rows[0].samples.shape[0]} samples, euler, {STEPS} steps, cfg 1)",
              f"{'setting':<18}{'mean reward':>12}{'red discs':>11}{'predicted':>11}{'seconds':>9}"]
     for r in rows:
         lines.append(f"{r.label:<18}{r.mean_reward:>12.3f}{r.rewarded_share:>11.3f}{r.predicted_share:>11.3f}"
@@ -383,9 +495,17 @@ def summary(rows: list[SweepRow], grid: list[GridRow], manifest: dict, models_di
             lines.append(f"{r.w1:>5g}{r.w2:>5g}{r.measured[red]:>11.3f}{r.predicted[red]:>11.3f}"
                          f"{r.measured[blue]:>14.3f}{r.predicted[blue]:>11.3f}{r.seconds:>9.1f}")
         lines.append("predicted: the base's shares tilted by exp(w_1 r_1 / beta + w_2 r_2 / beta).")
+    if cost:
+        lines += ["", "RLG for less than two models: share of red discs, and of samples that end in another pattern "
+                      "than exact RLG from the same noise",
+                  f"{'method':<26}{'w':>5}{'red discs':>11}{'switched':>10}{'RL forwards':>13}{'seconds':>9}"]
+        for r in sorted(cost, key=lambda r: (r.method != "RLG", r.method, r.w)):
+            switched = "" if r.switched is None else f"{100 * r.switched:.1f}%"
+            lines.append(f"{r.method:<26}{r.w:>5g}{r.share:>11.3f}{switched:>10}{r.rl_forwards:>13}{r.seconds:>9.1f}")
+        lines.append(f"RL forwards: of {STEPS} euler steps; the LoRA at strength w runs one model (no base pass).")
     lines += [
         f"outputs in {out_dir}: sweep.csv, rlg_dial.png, samples.png, grid.csv, rlg_two_dials.png,",
-        f"  grid_samples.png, sweep_grid.png   (total {total_seconds:.0f} s)",
+        f"  grid_samples.png, sweep_grid.png, cost.csv, rlg_cost.png   (total {total_seconds:.0f} s)",
         f"models in {models_dir}: diffusion_models/{BASE_FILE}, diffusion_models/{RL_FILE},",
         f"  loras/{LORA_FILE}, loras/{LORA2_FILE}. To use them in the front-end: make demo-server, open",
         "  http://127.0.0.1:8188 and load the template ComfyUI-RLG > rlg_demo (example_workflows/rlg_demo.json).",
@@ -394,9 +514,10 @@ def summary(rows: list[SweepRow], grid: list[GridRow], manifest: dict, models_di
 
 
 def run(models_dir: Path, out_dir: Path, work_dir: Path, config: train.TrainConfig, scales=SCALES,
-        samples: int = 256, seed: int = 1, quiet: bool = False,
-        grid_scales=GRID_SCALES) -> tuple[list[SweepRow], list[GridRow], dict]:
-    """Both sweeps through one ComfyUI server; grid_scales=() leaves the two-dial grid out."""
+        samples: int = 256, seed: int = 1, quiet: bool = False, grid_scales=GRID_SCALES, every_scales=EVERY_SCALES,
+        lora_strengths=LORA_STRENGTHS) -> tuple[list[SweepRow], list[GridRow], list[CostRow], dict]:
+    """The sweeps through one ComfyUI server; grid_scales=() leaves the two-dial grid out, every_scales=() and
+    lora_strengths=() the cost table."""
     t0 = time.perf_counter()
     manifest = ensure_models(models_dir, config, quiet)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -409,6 +530,8 @@ def run(models_dir: Path, out_dir: Path, work_dir: Path, config: train.TrainConf
     try:
         rows = sweep(server, scales, samples, seed, config.beta, quiet)
         grid = grid_sweep(server, grid_scales, samples, seed, (config.beta, config.beta), quiet) if grid_scales else []
+        cost = cost_sweep(server, rows, samples, seed, every_scales, lora_strengths, quiet) \
+            if every_scales or lora_strengths else []
         sweep_grid_picture(server, out_dir / "sweep_grid.png", seed=seed)
     finally:
         server.stop()
@@ -420,9 +543,12 @@ def run(models_dir: Path, out_dir: Path, work_dir: Path, config: train.TrainConf
         write_grid_table(grid, out_dir / "grid.csv")
         write_grid_plot(grid, (config.beta, config.beta), out_dir / "rlg_two_dials.png")
         write_pictures(grid, out_dir / "grid_samples.png")
+    if cost:
+        write_cost_table(cost, out_dir / "cost.csv")
+        write_cost_plot(cost, rows, config.beta, out_dir / "rlg_cost.png")
     if not quiet:
-        print(summary(rows, grid, manifest, models_dir, out_dir, time.perf_counter() - t0))
-    return rows, grid, manifest
+        print(summary(rows, grid, manifest, models_dir, out_dir, time.perf_counter() - t0, cost))
+    return rows, grid, cost, manifest
 
 
 def main() -> None:

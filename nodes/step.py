@@ -83,7 +83,8 @@ class RLGCondBatchWrapper:
         evaluated = {k: term_conds[k] for k, _ in plan.terms if k not in estimated}
         base_out, rl_out = self.passes.evaluate(executor, model, conds, evaluated, x_in, timestep, model_options,
                                                 run_base)
-        rl_out.update(self._corrections(plan, sigma, model, run, model_options, base_out, rl_out, estimated))
+        rl_out.update(self._corrections(plan, sigma, model, run, model_options, term_conds, base_out, rl_out,
+                                        estimated))
 
         out = []
         for i in range(len(conds)):
@@ -156,7 +157,7 @@ class RLGCondBatchWrapper:
         return out
 
     def _corrections(self, plan: StepPlan, sigma: float, model: BaseModel, run: RunState, model_options: dict,
-                     base_out, rl_out: dict, estimated: set[int]) -> dict[int, list]:
+                     term_conds: dict[int, list], base_out, rl_out: dict, estimated: set[int]) -> dict[int, list]:
         """Record each rl_every term's correction where it was evaluated; the estimated terms' outputs."""
         if base_out is None or model_options is not run.options:
             return {}
@@ -173,7 +174,9 @@ class RLGCondBatchWrapper:
                 continue
             if schedule_index(sigma, run.schedule) == first_step_in(window, run.schedule):
                 history.reset()  # the window starts again: nothing from before it counts
-            history.record(sigma, [None if r is None else r - b for r, b in zip(rl_out[k], base_out, strict=True)])
+            # A cond the term did not evaluate (an uncond skipped at cfg 1, a branch without CFG) has no correction.
+            history.record(sigma, [None if c is None else r - b
+                                   for c, r, b in zip(term_conds[k], rl_out[k], base_out, strict=True)])
         return out
 
     # -- the sampling run -------------------------------------------------------------------------

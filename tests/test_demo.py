@@ -35,9 +35,10 @@ def tiny_run(tiny_models, tmp_path_factory):
     """Both sweeps through one ComfyUI server: the dial at 0, 1, 2 and the (w_1, w_2) grid over {0, 1}^2."""
     models, _ = tiny_models
     out = tmp_path_factory.mktemp("demo_run")
-    rows, grid, _ = run_demo.run(models, out / "out", out / "work", TINY, scales=(0.0, 1.0, 2.0), samples=8,
-                                 quiet=True, grid_scales=(0.0, 1.0))
-    return rows, grid, out / "out"
+    rows, grid, cost, _ = run_demo.run(models, out / "out", out / "work", TINY, scales=(0.0, 1.0, 2.0), samples=8,
+                                       quiet=True, grid_scales=(0.0, 1.0), every_scales=(1.0, 2.0),
+                                       lora_strengths=(1.0, 2.0))
+    return rows, grid, out / "out", cost
 
 
 def test_data_set_is_known_and_the_reward_is_per_mode():
@@ -160,7 +161,7 @@ def test_model_cache_is_reused_and_checked(tiny_models, tmp_path):
 
 @pytest.mark.server
 def test_sweep_through_comfyui_at_small_size(tiny_run):
-    rows, _, out = tiny_run
+    rows, _, out, _ = tiny_run
     by_label = {r.label: r for r in rows}
     w1, rl_lora, rl_full = by_label["RLG w=1"], by_label["RL alone (lora)"], by_label["RL alone (full)"]
     # The LoRA runs as a forward-hook bypass in RLG and merged into the weights alone: equal to rounding.
@@ -174,7 +175,7 @@ def test_sweep_through_comfyui_at_small_size(tiny_run):
 
 @pytest.mark.server
 def test_two_dial_grid_through_comfyui_at_small_size(tiny_run):
-    rows, grid, out = tiny_run
+    rows, grid, out, _ = tiny_run
     assert [(r.w1, r.w2) for r in grid] == [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
     point = {(r.w1, r.w2): r for r in grid}
     single = {r.scale: r for r in rows if r.scale is not None}
@@ -197,10 +198,33 @@ def test_two_dial_grid_through_comfyui_at_small_size(tiny_run):
 
 
 @pytest.mark.server
+def test_cost_table_rl_every_and_lora_strength_through_comfyui(tiny_run):
+    rows, _, out, cost = tiny_run
+    by = {(r.method, r.w): r for r in cost}
+    exact = {r.scale: r for r in rows if r.scale is not None}
+    for w in (1.0, 2.0):
+        assert by[("RLG", w)].rl_forwards == run_demo.STEPS and by[("RLG", w)].switched == 0.0
+        assert by[("RLG, RL every 2nd step", w)].rl_forwards == 10
+        assert by[("RLG, RL every 3rd step", w)].rl_forwards == 7
+        assert 0.0 <= by[("RLG, RL every 2nd step", w)].switched <= 1.0
+        assert by[("RL LoRA at strength w", w)].rl_forwards == 0
+    # At w = 1 RLG is the RL model alone (one forward), which rl_every leaves exact; the LoRA at strength 1 too.
+    for method in ("RLG, RL every 2nd step", "RL LoRA at strength w"):
+        assert h.max_diff(by[(method, 1.0)].samples, exact[1.0].samples) <= h.tolerance(exact[1.0].samples), method
+    # At w = 2 both differ from exact RLG (an estimate, and weight-space extrapolation)
+    assert h.max_diff(by[("RLG, RL every 2nd step", 2.0)].samples, exact[2.0].samples) > 1e-4
+    assert h.max_diff(by[("RL LoRA at strength w", 2.0)].samples, exact[2.0].samples) > 1e-4
+    with open(out / "cost.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(cost) and {t["method"] for t in table} == {r.method for r in cost}
+    assert (out / "rlg_cost.png").stat().st_size > 0
+
+
+@pytest.mark.server
 def test_scale_sweep_grid_picture_from_the_demo_models(tiny_run):
     from PIL import Image
 
-    _, _, out = tiny_run
+    _, _, out, _ = tiny_run
     grid = Image.open(out / "sweep_grid.png")
     # 6 scales across, 4 samples per scale down, each a 64-pixel picture with a label strip under it
     assert grid.size[0] > 6 * 64 and grid.size[1] > 4 * 64 and grid.size[0] < 6 * 80 and grid.size[1] < 4 * 100
