@@ -96,6 +96,12 @@ def load_peft_aware(model, lora_path: str, strength: float, name: str | None = N
                             "a LoRA file: download it again, or pick another file.") from None
     if not lora:
         raise RLGInputError(f"lora_name {label!r} holds no tensors; it is not a LoRA file.")
+    return load_lora_tensors(model, lora, metadata, strength, lora_path, label)
+
+
+def load_lora_tensors(model, lora: dict, metadata: dict | None, strength: float, lora_path: str, label: str):
+    """load_peft_aware once the file is read: lora and metadata are its tensors and safetensors metadata;
+    lora_path is where an adapter_config.json is looked for."""
     lora = _with_alpha(lora, metadata, lora_path, label)
     converted = comfy.lora_convert.convert_lora(dict(lora))
     key_map, extra = _key_map_additions(model, converted)
