@@ -63,7 +63,8 @@ FORMATS: dict[str, dict[str, Format]] = {
         "comfy": Format("comfy", "diffusion_model.", "down/up", "keys"),  # ComfyUI-format (LoraSave, repacks)
     },
     "ltxv": {
-        "diffusers": DIFFUSERS,  # LTX-Video-Trainer saves through LTXPipeline.save_lora_weights
+        # LTX-Video-Trainer saves through LTXPipeline.save_lora_weights; default target_modules: the attentions
+        "diffusers": Format("diffusers", "transformer.", "A/B", "metadata", "attention"),
         "peft": PEFT,
         "comfy": Format("comfy", "diffusion_model.", "down/up", "keys"),
     },
@@ -187,8 +188,9 @@ _TARGETS = {
     ("z_image", "musubi"): r"layers\.\d+\.(attention|feed_forward)\..+",
     ("flux2", "musubi"): r"(double_blocks\.\d+\.(img|txt)_(attn|mlp)\..+|single_blocks\.\d+\.linear[12])",
     ("hunyuan_video15", "musubi"): r"double_blocks\.\d+\..+",
-    # the LTX-2 trainer's default target_modules to_k, to_q, to_v, to_out.0: every attention of the blocks
+    # the LTX trainers' default target_modules to_k, to_q, to_v, to_out.0: every attention of the blocks
     ("ltxav", "attention"): r"transformer_blocks\.\d+\.\w*attn\w*\.to_(q|k|v|out\.0)",
+    ("ltxv", "attention"): r"transformer_blocks\.\d+\.attn[12]\.to_(q|k|v|out\.0)",
 }
 
 

@@ -392,10 +392,7 @@ def test_ltx_image_to_video_attention_lora_shares_the_forward(family, tmp_path, 
     base = tf.load(family)
     fmt = "ltx-trainer" if family == "ltxav" else "diffusers"
     rl = lora_rl(family, base, tmp_path, fmt=fmt)
-    if family == "ltxv":  # LTX-Video-Trainer's defaults: the attentions' to_q, to_k, to_v, to_out.0
-        attention = {k: v for k, v in rl.patches.items() if ".attn" in k}
-        rl = base.clone()
-        rl.patches.update({k: list(v) for k, v in attention.items()})
+    assert all(".attn" in key or "_attn" in key for key in rl.patches)
     latent, mask = tf.image_to_video_latent(family, batch=2) if family == "ltxv" else (None, None)
     kw = dict(family=family, latent_image=latent, noise_mask=mask, steps=3)
     with caplog.at_level(logging.WARNING), NetworkForwards(base) as counter:
@@ -524,6 +521,10 @@ def test_each_format_changes_every_weight_as_trained_and_runs_its_path(family, f
     if STOCK_MAPS[family, fmt][VERSION] == len(lora.layers) and lora.adapter_config is None and lora.metadata is None:
         stock = tf.load_lora(base, lora.state_dict)  # all of it is the stock loader's: ours is the same
         assert stock.patches.keys() == rl.patches.keys()
+        for key in expected:
+            weight = sd[key].float()
+            assert torch.equal(comfy.lora.calculate_weight(stock.patches[key], weight.clone(), key),
+                               comfy.lora.calculate_weight(rl.patches[key], weight.clone(), key)), key
     delta = h.rlg_wrapper(h.rlg(base, rl, 1.0)).terms[0].pair.delta
     paths = collections.Counter(layer.fast for layer in delta.layers)
     swapped = {layer.key for layer in lora.targets if layer.swap}
