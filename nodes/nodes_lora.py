@@ -54,8 +54,9 @@ def _with_alpha(lora: dict, metadata: dict | None, lora_path: str, label: str) -
         config = load_config(config_path or Path(lora_path), text=text)
         lora = dict(lora) | alpha_keys(lora, config)
     except (AdapterConfigError, ValueError) as err:
-        raise RLGInputError(f"lora_name {label!r}: its PEFT config {source} cannot be used: {err}. "
-                            "Put the adapter_config.json that came with the LoRA beside it.") from None
+        fix = ("The file carries a broken config: save the LoRA again, or load it with the stock loader and set "
+               "its strength yourself." if text else "Put the adapter_config.json that came with the LoRA beside it.")
+        raise RLGInputError(f"lora_name {label!r}: its PEFT config {source} cannot be used: {err}. {fix}") from None
     log.info("RLG: %s: lora_alpha %s from %s applied", label, config.get("lora_alpha"), source)
     return lora
 
