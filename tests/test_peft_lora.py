@@ -138,8 +138,8 @@ def test_huge_adapter_config_is_not_read(peft_lora):
         load_peft_aware(base, str(path), 1.0)
 
 
-def test_peft_prefix_is_renamed_only_where_comfyui_does_not_map_it():
-    from comfyui_rlg.nodes.peft_alpha import peft_layer_renames, with_renamed_layers
+def test_layer_names_are_mapped_only_where_comfyui_does_not_map_them():
+    from comfyui_rlg.nodes.peft_alpha import extra_key_map, layer_names
 
     lora = {"base_model.model.transformer_blocks.0.attn.to_q.lora_A.weight": 1,
             "base_model.model.transformer_blocks.0.attn.to_q.lora_B.weight": 2,
@@ -147,25 +147,32 @@ def test_peft_prefix_is_renamed_only_where_comfyui_does_not_map_it():
             "base_model.model.single_transformer_blocks.0.attn.to_k.lora_A.weight": 4,
             "base_model.model.unknown.lora_A.weight": 5,
             "lora_unet_x.lora_down.weight": 6}
-    # FLUX's key map knows diffusers layers as transformer.<layer>, Qwen-Image's also as <layer>.
-    flux_map = {"transformer.transformer_blocks.0.attn.to_q": ("q", (0, 0, 8)),
-                "transformer.single_transformer_blocks.0.attn.to_k": ("k", (0, 8, 8))}
-    renames = peft_layer_renames(lora, flux_map)
-    assert renames == {"base_model.model.transformer_blocks.0.attn.to_q": "transformer.transformer_blocks.0.attn.to_q",
-                       "base_model.model.single_transformer_blocks.0.attn.to_k":
-                           "transformer.single_transformer_blocks.0.attn.to_k"}
-    out = with_renamed_layers(lora, renames)
-    assert out == {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": 1,
-                   "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": 2,
-                   "transformer.transformer_blocks.0.attn.to_q.alpha": 3,
-                   "transformer.single_transformer_blocks.0.attn.to_k.lora_A.weight": 4,
-                   "base_model.model.unknown.lora_A.weight": 5, "lora_unet_x.lora_down.weight": 6}
-    assert peft_layer_renames(lora, {"transformer_blocks.0.attn.to_q": "w"}) == {
-        "base_model.model.transformer_blocks.0.attn.to_q": "transformer_blocks.0.attn.to_q"}
-    # Where ComfyUI maps base_model.model. itself (SD3: Flow-GRPO's LoRAs), nothing is renamed.
+    names = layer_names(lora)
+    assert names == {"base_model.model.transformer_blocks.0.attn.to_q",
+                     "base_model.model.single_transformer_blocks.0.attn.to_k", "base_model.model.unknown",
+                     "lora_unet_x"}
+    # FLUX's key map knows diffusers layers as transformer.<layer>, Qwen-Image's also as <layer>: the PEFT name
+    # takes the same target, the rows of a fused weight included.
+    q, k = ("q", (0, 0, 8)), ("k", (0, 8, 8))
+    flux_map = {"transformer.transformer_blocks.0.attn.to_q": q, "transformer.single_transformer_blocks.0.attn.to_k": k}
+    assert extra_key_map(names, flux_map) == {"base_model.model.transformer_blocks.0.attn.to_q": q,
+                                              "base_model.model.single_transformer_blocks.0.attn.to_k": k}
+    assert extra_key_map(names, {"transformer_blocks.0.attn.to_q": "w"}) == {
+        "base_model.model.transformer_blocks.0.attn.to_q": "w"}
+    # ComfyUI 0.3.75 knows Z-Image's diffusers layers only under diffusion_model.: diffusers' transformer. prefix
+    # and PEFT's are mapped there, and kohya-style names of the same paths (musubi-tuner) too.
+    zimage_map = {"diffusion_model.layers.0.attention.to_q": q, "diffusion_model.layers.0.attention.out": "o"}
+    trainer = {"transformer.layers.0.attention.to_q", "base_model.model.layers.0.attention.to_q",
+               "lora_unet_layers_0_attention_to_q"}
+    assert extra_key_map(trainer | {"lora_unet_layers_0_attention_out"}, zimage_map) == \
+        {name: q for name in trainer} | {"lora_unet_layers_0_attention_out": "o"}
+    # A family table names what the key map lacks; a kohya-style name two paths share is not guessed at.
+    assert extra_key_map({"transformer.a.b"}, {}, {"a.b": "w"}) == {"transformer.a.b": "w"}
+    assert extra_key_map({"lora_unet_a_b"}, {"diffusion_model.a_b": "w1"}, {"a.b": "w2"}) == {}
+    # Where ComfyUI maps the names itself (SD3: Flow-GRPO's LoRAs), nothing is added.
     sd3_map = {"base_model.model.transformer_blocks.0.attn.to_q": "w",
                "transformer.transformer_blocks.0.attn.to_q": "w"}
-    assert peft_layer_renames(lora, sd3_map) == {}
+    assert extra_key_map({"base_model.model.transformer_blocks.0.attn.to_q"}, sd3_map) == {}
 
 
 def test_sd3_peft_lora_loads_exactly_as_before(peft_lora):

@@ -1,7 +1,8 @@
 """Test-only nodes for the server tests; never part of the shipped pack.
 
 RLGTestConditioning gives seeded conditioning for the tiny test models, so the server tests need
-no text encoder. It makes exactly what tests/tiny_models.tiny_conds makes in-process.
+no text encoder. It makes exactly what harness/tiny_models.tiny_conds makes in-process, and for the by-file
+stand-ins ("<family>_file") what harness/tiny_families makes for them.
 
 RLGTestProbe and RLGTestFailingModel serve tests/test_reliability.py: the first reports what the
 server holds (loaded models, hooks and weights of a model, live tensors, resident memory), the second
@@ -20,17 +21,23 @@ class RLGTestConditioning:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from harness import tiny_families  # as in make(): ComfyUI's model modules only once the node is used
+
         return {"required": {
-            "family": (["sd3", "sd15", "wan_file"],),
+            "family": (["sd3", "sd15", "wan_file", *(f"{f}_file" for f in tiny_families.FILE_FAMILIES)],),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
         }}
 
     def make(self, family, seed, batch_size):
-        if family == "wan_file":  # the by-file Wan stand-ins of the workflow tests (tests/tiny_families.py)
+        if family == "wan_file":  # the by-file Wan stand-ins of the workflow tests (harness/tiny_families.py)
             from harness import tiny_families
 
             return tiny_families.wan_conds(batch_size, seed)
+        if family.endswith("_file"):  # the next families' by-file stand-ins (tiny_families.file_state_dict)
+            from harness import tiny_families
+
+            return tiny_families.file_conds(family.removesuffix("_file"), batch_size, seed)
         return tiny_models.tiny_conds(family, batch_size, seed)
 
 
