@@ -431,3 +431,50 @@ class RLRowsForward:
 
 def _rows_like(rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return rows.to(out.device).reshape(rows.shape[0], *([1] * (out.ndim - 1)))
+
+
+def layers_called(model: Any, delta: RLDelta, call: Callable[[], Any]) -> tuple[Any, list[LayerDelta]]:
+    """call()'s result, and the layers of `delta` whose module ran during it (an encoding step, say)."""
+    seen: dict[int, LayerDelta] = {}
+    handles = []
+
+    def noting(layer: LayerDelta) -> Callable:
+        def note(module, args) -> None:  # a pre-hook: returns nothing, so the inputs stay as they are
+            seen.setdefault(id(layer), layer)
+        return note
+
+    for layer in delta.runnable:
+        handles.append(_resolve(model, layer.module_name, delta.label).register_forward_pre_hook(noting(layer)))
+    try:
+        result = call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, list(seen.values())
+
+
+def call_with(model: Any, layers: list[LayerDelta], label: str, call: Callable[[], Any]) -> Any:
+    """call() with the RL part of these layers applied the exact way (weight function, else swap), for all rows.
+
+    For work outside the sampled forward that runs RL layers, such as newest ComfyUI's text connectors in extra_conds:
+    few layers, each patched once for the call. A weight function that a layer which ran did not apply is an error.
+    """
+    tally = _Tally()
+    thread = threading.get_ident()
+    with contextlib.ExitStack() as stack:
+        if any(layer.exact != LayerPath.FUNCTION for layer in layers):
+            stack.enter_context(_SWAP_LOCK)
+        for layer in layers:
+            module = _resolve(model, layer.module_name, label)
+            if layer.exact == LayerPath.FUNCTION:
+                stack.enter_context(_weight_function(module, layer, tally, thread))
+            else:
+                stack.enter_context(_swapped(module, layer))
+        result = call()
+    missed = [layer.key for layer in layers if layer.exact == LayerPath.FUNCTION and tally.called.get(layer.key)
+              and not tally.functions.get(layer.key)]
+    if missed:
+        raise RLGRuntimeError(
+            f"RLG could not add the RL LoRA of {label} to {missed[0]}, which this model runs while encoding the "
+            "prompt. Load the RL model as a separate merged file instead, or report this with your ComfyUI version.")
+    return result

@@ -18,7 +18,7 @@ import comfy.samplers
 import torch
 
 from .model_pair import PairForm, RLModelPair
-from .rl_delta import RLRowsForward
+from .rl_delta import RLRowsForward, call_with, layers_called
 from .rl_options import batchable, rl_model_options, with_apply_wrapper
 from .settings import RLGSettings
 
@@ -54,9 +54,14 @@ class ModelPasses:
         self._options: dict[int, tuple[dict, dict]] = {}
 
     def evaluate(self, executor: Callable, model: BaseModel, conds: Sequence, term_conds: dict[int, list],
-                 x_in: torch.Tensor, timestep: torch.Tensor, model_options: dict,
-                 run_base: bool) -> tuple[Outputs | None, dict[int, Outputs]]:
-        """(the base's outputs or None, {term: its outputs}) for the terms in term_conds."""
+                 x_in: torch.Tensor, timestep: torch.Tensor, model_options: dict, run_base: bool,
+                 encoded: dict | None = None) -> tuple[Outputs | None, dict[int, Outputs]]:
+        """(the base's outputs or None, {term: its outputs}) for the terms in term_conds.
+
+        encoded: the sampling run's cache of conds an RL model encodes differently (own_conds), or None.
+        """
+        if encoded is not None:
+            term_conds = {k: self.own_conds(k, model, c, x_in, encoded) for k, c in term_conds.items()}
         shared = [k for k in term_conds if self.terms[k].pair.form is PairForm.SHARED]
         separate = [k for k in term_conds if self.terms[k].pair.form is PairForm.SEPARATE]
         together = []
@@ -114,6 +119,51 @@ class ModelPasses:
         self._warn_if_patched_after(model)
         return comfy.samplers.calc_cond_batch(rl.model, conds, x_in, timestep, options)
 
+    def own_conds(self, k: int, model: BaseModel, conds: list, x_in: torch.Tensor, encoded: dict) -> list:
+        """The conds of term k as its RL model would have encoded them itself.
+
+        ComfyUI encodes the conds once, with the sampled (base) model's extra_conds. For most families that is a
+        function of the inputs alone. Newest ComfyUI runs some networks' own text connectors there (LTX-2, Anima,
+        MiniMax H3: diffusion_model.preprocess_text_embeds), so a separate RL model with other connectors, or a LoRA
+        on them, needs its own encoding: both models encode each cond from the same inputs, and what the RL model
+        computes differently replaces the base's. Once per cond and sampling run (encoded is the run's cache).
+        """
+        pair = self.terms[k].pair
+        if not hasattr(model.diffusion_model, "preprocess_text_embeds") or pair.form is PairForm.IDENTICAL:
+            return conds
+        out = []
+        for group in conds:
+            if group is None:
+                out.append(None)
+                continue
+            new_group = []
+            for cond in group:
+                key = (k, id(cond))
+                if key not in encoded or encoded[key][0] is not cond:
+                    encoded[key] = (cond, self._encoded_by_rl(k, model, cond, x_in))
+                new_group.append(encoded[key][1])
+            out.append(new_group)
+        return out
+
+    def _encoded_by_rl(self, k: int, model: BaseModel, cond: dict, x_in: torch.Tensor) -> dict:
+        pair = self.terms[k].pair
+        params = dict(cond, device=x_in.device, noise=torch.zeros_like(x_in))
+        if x_in.ndim >= 4:  # as comfy.samplers.encode_model_conds sets them
+            params.setdefault("width", x_in.shape[3] * 8)
+            params.setdefault("height", x_in.shape[2] * 8)
+        if pair.form is PairForm.SEPARATE:
+            base_enc, rl_enc = model.extra_conds(**params), pair.rl_patcher.model.extra_conds(**params)
+        else:
+            base_enc, layers = layers_called(model, pair.delta, lambda: model.extra_conds(**params))
+            if not layers:  # the LoRA touches nothing that runs while encoding
+                return cond
+            rl_enc = call_with(model, layers, pair.delta.label, lambda: model.extra_conds(**params))
+        differing = {name: value for name, value in rl_enc.items()
+                     if name not in base_enc or not _same_cond(base_enc[name], value)}
+        if not differing:
+            return cond
+        return dict(cond, model_conds={**cond.get("model_conds", {}), **differing})
+
     def options_for(self, k: int, model_options: dict) -> dict:
         cached = self._options.get(k)
         if cached is None or cached[0] is not model_options:
@@ -139,3 +189,14 @@ class ModelPasses:
                 "RLG: weight patches (LoRAs) were connected after RLG Apply; they change only the "
                 "base model, not rl_model. Connect them before RLG Apply, to both models."
             )
+
+
+def _same_cond(a, b) -> bool:
+    """Whether two encoded conds (comfy.conds.CONDRegular and kin, or plain values) hold the same value."""
+    a, b = getattr(a, "cond", a), getattr(b, "cond", b)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001  (values without a plain equality: treat as different, the RL model's own)
+        return False

@@ -52,6 +52,7 @@ class RunState:
     schedule: list[float]
     percents: dict[float, float] = field(default_factory=dict)
     histories: dict[int, CorrectionHistory] = field(default_factory=dict)
+    encoded: dict = field(default_factory=dict)  # conds as an RL model encodes them itself (rl_passes.own_conds)
 
     def history(self, k: int) -> CorrectionHistory:
         return self.histories.setdefault(k, CorrectionHistory())
@@ -82,7 +83,7 @@ class RLGCondBatchWrapper:
         run_base = plan.run_base or bool(own_cfg) or bool(estimated)  # CFG per branch is built on the base's uncond
         evaluated = {k: term_conds[k] for k, _ in plan.terms if k not in estimated}
         base_out, rl_out = self.passes.evaluate(executor, model, conds, evaluated, x_in, timestep, model_options,
-                                                run_base)
+                                                run_base, run.encoded)
         rl_out.update(self._corrections(plan, sigma, model, run, model_options, term_conds, base_out, rl_out,
                                         estimated))
 
