@@ -5,7 +5,8 @@ sigma is a schedule sigma of an evaluation step (the window's first step, then e
 base + w * d, with d the correction extrapolated linearly in sigma from the last two evaluations (held where
 there is one). Because CFG and the extrapolation are both linear, the guided prediction of such a call is the
 guided base plus w times the extrapolated guided correction, which is what the tests compute from the base and
-the RL model evaluated alone at the same (x, sigma).
+the RL model evaluated alone at the same (x, sigma). The correction is extrapolated as a correction of the noise
+prediction (rlg_math.CorrectionHistory): d / sigma linear in sigma, d = sigma * that.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def _reference(base_out, rl_out, points, schedule, weights, every, first=0):
             expected.append(b + w * (r - b))
         else:
             (s1, d1), (s2, d2) = (evals[-2], evals[-1]) if len(evals) > 1 else (evals[-1], evals[-1])
-            d = d2 if s1 == s2 else d2 + (d2 - d1) * (sigma - s2) / (s2 - s1)
-            expected.append(b + w * d)
+            e1, e2 = d1 / s1, d2 / s2
+            e = e2 if s1 == s2 else e2 + (e2 - e1) * (sigma - s2) / (s2 - s1)
+            expected.append(b + w * sigma * e)
     return expected
 
 
@@ -272,7 +274,10 @@ def test_correction_history_refuses_other_shapes_and_restarts():
     assert not history.fits(0.6, [torch.ones(2, 3), None])  # another set of conds
     assert not history.fits(0.8, [torch.ones(2, 3), torch.ones(2, 3)])  # the sampler went up: a restart
     est = history.estimate(0.6)
-    assert torch.allclose(est[0], torch.full((2, 3), 2.5))  # 1 at 0.9, 2 at 0.7: linear in sigma
+    # d / sigma is 1 / 0.9 at 0.9 and 2 / 0.7 at 0.7: linear in sigma, then times sigma
+    e1, e2 = 1 / 0.9, 2 / 0.7
+    assert torch.allclose(est[0], torch.full((2, 3), 0.6 * (e2 + (e2 - e1) * (0.6 - 0.7) / (0.7 - 0.9))))
+    assert torch.equal(est[1], torch.zeros(2, 3))
     history.record(0.5, [torch.ones(5), torch.ones(5)])  # another shape: the older points go
     assert len(history.points) == 1
 
