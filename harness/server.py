@@ -31,6 +31,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def link_pack(work_dir: Path) -> Path:
+    """A custom_nodes folder of work_dir's own holding ComfyUI-RLG -> this checkout, and the extra model paths
+    config that names it (ComfyUI reads custom_nodes folders from such a config). Returns the config."""
+    packs = work_dir / "packs"
+    packs.mkdir(parents=True, exist_ok=True)
+    link = packs / PACK_DIR_NAME
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(host.ROOT, target_is_directory=True)
+    config = work_dir / "rlg_pack_paths.yaml"
+    config.write_text(f"rlg_pack:\n  custom_nodes: {packs}\n")
+    return config
+
+
 class ComfyServer:
     """One ComfyUI server process: `start()`, then `run(graph)` (queue and wait), `get` / `post`, `stop()`."""
 
@@ -56,15 +70,7 @@ class ComfyServer:
 
     def _link_pack(self) -> Path:
         """custom_nodes/ComfyUI-RLG -> this checkout, in the server's work folder, and the config that names it."""
-        packs = self.work_dir / "packs"
-        packs.mkdir(parents=True, exist_ok=True)
-        link = packs / PACK_DIR_NAME
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(host.ROOT, target_is_directory=True)
-        config = self.work_dir / "rlg_pack_paths.yaml"
-        config.write_text(f"rlg_pack:\n  custom_nodes: {packs}\n")
-        return config
+        return link_pack(self.work_dir)
 
     # -- the process -------------------------------------------------------------------------------
     def start(self, timeout: float = 180.0) -> ComfyServer:

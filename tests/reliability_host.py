@@ -206,12 +206,15 @@ class ReferenceProcess:
     """A process of its own that samples graphs without the server (reliability_reference.py)."""
 
     def __init__(self, models: Path, work: Path):
-        self.out = work / "reference"
-        self.out.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        config = work / "extra_model_paths.yaml"
+        config.write_text(f"rlg_reliability:\n  base_path: {models}\n  diffusion_models: diffusion_models\n"
+                          f"  loras: loras\n  custom_nodes: {TEST_NODES}\n")
         self.log_path = work / "reference.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.reference", str(models), str(self.out)], cwd=host.ROOT,
+            [sys.executable, "-m", "harness.reference", str(work), str(config), "--whitelist", "rlg_test_nodes"],
+            cwd=host.ROOT,
             env=host.child_env(ONE_TORCH_THREAD), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             text=True, bufsize=1)
         self._answers: dict[str, dict] = {}
@@ -238,7 +241,8 @@ class ReferenceProcess:
         answer = self._answers[ticket]
         if "error" in answer:
             raise AssertionError(f"the reference process could not sample the graph:\n{answer['error']}")
-        return safetensors.torch.load_file(self.out / f"{ticket}.safetensors")
+        return {node_id: safetensors.torch.load_file(path)["latent_tensor"]
+                for node_id, path in answer["latents"].items()}
 
     def sample(self, prompt: dict) -> dict[str, torch.Tensor]:
         return self.result(self.submit(prompt))
