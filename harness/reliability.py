@@ -1,32 +1,36 @@
-"""The reliability suite's host: model files (good and broken), API graphs, a fast HTTP driver, and the
-fresh process that samples the graphs a server's results are checked against (reliability_reference.py).
+"""The reliability suite's harness: its model files (good and broken), its API graphs, its servers under each
+ComfyUI cache, the fresh reference process, and what a run measured.
 
-FIGURES collects what a run measured; conftest's terminal summary prints it.
+The tests are in tests/reliability/ (load, faults, bad input) and tests/test_security.py; FIGURES collects what
+they measured, and tests/conftest.py prints summary_lines() at the end of a run ("RLG reliability").
+
+Which cache a server runs (see CACHES): ComfyUI's default cache is CLASSIC up to 0.21 (a prompt starts by dropping
+every output the previous prompt left that it does not use) and RAM_PRESSURE since 0.22 (outputs of earlier
+prompts stay cached until a node of a later prompt has executed and memory is short of the cache's threshold;
+with the default thresholds on a machine of up to 128 GB, that is at once). A server's probe reports the cache its
+executor really runs (harness.probe.executor_cache), and the tests check it against what this module expects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
-from harness import host
-from harness import sampling as h
-from harness import tiny_models as tm
-from harness.probe import weights_digest
-from harness.server import ComfyServer
+from . import host
+from .probe import weights_digest
+from .server import PACK_DIR_NAME, ComfyServer
 
-TESTS = Path(__file__).resolve().parent
-TEST_NODES = TESTS / "comfy_test_nodes"
-
-# What a run measured, in order: {label: value}. Printed at the end by conftest.pytest_terminal_summary.
-FIGURES: dict[str, str] = {}
+TEST_NODES = host.ROOT / "tests" / "comfy_test_nodes"  # holds rlg_test_nodes, loaded as a custom node pack
+TEST_NODES_PACK = "rlg_test_nodes"
 
 BASE = "rel_base.safetensors"
 RL = "rel_rl.safetensors"
@@ -43,6 +47,7 @@ LORA_NOT_SAFETENSORS = "bad_text.safetensors"
 LORA_PICKLE = "bad_pickle.pt"  # a pickle whose loading would run code
 PEFT_BAD_JSON = "bad_json/adapter_model.safetensors"
 PEFT_HUGE_JSON = "bad_huge/adapter_model.safetensors"
+PICKLE_MARKER = "PICKLE_RAN"  # the folder (in the models folder) the pickle's code would create
 
 
 class _RunsCode:
@@ -56,10 +61,13 @@ class _RunsCode:
 
 
 def write_model_files(models: Path, other_family: bool = True) -> dict[str, str]:
-    """Every model file the suite loads, in ComfyUI's folder layout. Returns {name: weights digest}.
+    """Every model file the suite loads, in ComfyUI's folder layout. Returns {base, rl: weights digest}.
 
     other_family=False leaves out the SD1.5 model and LoRA (26 M parameters, the slow part).
     """
+    from . import sampling as h  # (they import ComfyUI: after harness.host.use_comfy(), not when this module is)
+    from . import tiny_models as tm
+
     (models / "diffusion_models").mkdir(parents=True)
     (models / "loras").mkdir()
 
@@ -88,22 +96,74 @@ def write_model_files(models: Path, other_family: bool = True) -> dict[str, str]
     good = (models / "loras" / LORA).read_bytes()
     (models / "loras" / LORA_TRUNCATED).write_bytes(good[: len(good) // 2])
     (models / "loras" / LORA_NOT_SAFETENSORS).write_text("this is not a LoRA, just text named like one\n")
-    torch.save({"lora": _RunsCode(str(models / "PICKLE_RAN"))}, models / "loras" / LORA_PICKLE)
+    torch.save({"lora": _RunsCode(str(models / PICKLE_MARKER))}, models / "loras" / LORA_PICKLE)
     return {"base": weights_digest(base_sd), "rl": weights_digest(rl_sd)}
 
 
-def start_server(work: Path, models: Path) -> ComfyServer:
-    work.mkdir(parents=True, exist_ok=True)
+def model_paths_config(work: Path, models: Path) -> Path:
+    """An extra model paths config: the suite's model folders, and the test nodes as a custom_nodes folder."""
     config = work / "extra_model_paths.yaml"
     config.write_text(f"rlg_reliability:\n  base_path: {models}\n  diffusion_models: diffusion_models\n"
                       f"  loras: loras\n  custom_nodes: {TEST_NODES}\n")
-    return ComfyServer(work, config, ["ComfyUI-RLG", "rlg_test_nodes"], env=ONE_TORCH_THREAD).start()
+    return config
 
 
 # Processes started here run torch on one thread. The tiny models gain nothing from more. The server, the
 # fresh process and pytest share CI's two cores, and OpenMP threads that spin-wait for a busy core slow a tiny
 # prompt from 0.05 s to 3 s (measured here with another job running).
 ONE_TORCH_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+# -- caches ------------------------------------------------------------------------------------------
+
+# The first ComfyUI whose default cache is RAM_PRESSURE (main.py: no cache flag -> CacheType.RAM_PRESSURE, with
+# `--cache-ram [ACTIVE [INACTIVE]]` in GB). Before it, the default is CLASSIC and RAM_PRESSURE an opt-in
+# (`--cache-ram HEADROOM`, another implementation).
+RAM_PRESSURE_DEFAULT_SINCE = (0, 22, 0)
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A cache a server of the suite runs: its name here, the flags that pick it, and the cache ComfyUI runs then."""
+
+    name: str
+    args: tuple[str, ...]
+    kind: str  # ComfyUI's name (execution.CacheType): CLASSIC or RAM_PRESSURE
+
+    @property
+    def label(self) -> str:
+        how = " ".join(self.args) if self.args else "the default"
+        return f"{self.kind} ({how})"
+
+
+def caches(version: tuple[int, ...] | None = None) -> dict[str, Cache]:
+    """The caches the suite measures on a host (this leg's by default), by name:
+
+    default        what the host runs without a flag: what users run;
+    classic        CLASSIC, where it is not the default (--cache-classic);
+    ram_pressure   RAM_PRESSURE with thresholds that make it deterministic, where it is the default:
+                   --cache-ram 0 100000 never drops outputs of the running prompt (no active threshold) and
+                   always drops older prompts' outputs once a node has executed (an inactive threshold no free
+                   memory reaches). The defaults behave so too on a machine of up to 128 GB.
+    """
+    ram_default = (version or host.version_tuple()) >= RAM_PRESSURE_DEFAULT_SINCE
+    if not ram_default:
+        return {"default": Cache("default", (), "CLASSIC")}
+    return {"default": Cache("default", (), "RAM_PRESSURE"),
+            "classic": Cache("classic", ("--cache-classic",), "CLASSIC"),
+            "ram_pressure": Cache("ram_pressure", ("--cache-ram", "0", "100000"), "RAM_PRESSURE")}
+
+
+def cache_named(name: str) -> Cache | None:
+    """One of caches(), or None where the host has no such variant (it would be its default)."""
+    return caches().get(name)
+
+
+def start_server(work: Path, models: Path, cache: Cache | None = None) -> ComfyServer:
+    """A ComfyUI server with the pack, the test nodes and the suite's models, under `cache` (the default if None)."""
+    work.mkdir(parents=True, exist_ok=True)
+    return ComfyServer(work, model_paths_config(work, models), [PACK_DIR_NAME, TEST_NODES_PACK],
+                       extra_args=cache.args if cache else (), env=ONE_TORCH_THREAD).start()
 
 
 # -- graphs ----------------------------------------------------------------------------------------
@@ -171,30 +231,45 @@ def two_rlg_graph(a: dict, b: dict) -> dict:
     return out
 
 
-def probe_graph(census: bool = False, models: dict[str, dict] | None = None) -> dict:
-    """RLGTestProbe nodes: one with no model (p), and one per {label: loader node} inspecting and tracking it."""
-    g = {"p": {"class_type": "RLGTestProbe", "inputs": {"census": census}}}
-    for label, loader in (models or {}).items():
-        g[f"L{label}"] = loader
-        g[f"p{label}"] = {"class_type": "RLGTestProbe", "inputs": {"census": False, "model": [f"L{label}", 0],
-                                                                  "track": label}}
-    return g
-
-
 BASE_LOADER = {"class_type": "UNETLoader", "inputs": {"unet_name": BASE, "weight_dtype": "default"}}
 
 
-# -- the HTTP driver: harness.server.ComfyServer ------------------------------------------------------
+def probe_node(model: list | None = None, track: str = "", census: bool = False, cache: bool = False,
+               after: str | None = None, report: bool = True) -> dict:
+    """An RLGTestProbe node: inspects (and tracks, weakly, as `track`) the model linked, reports the cache and a
+    census if asked, reports nothing if not `report`; `after`: the id of a probe that must run first."""
+    inputs: dict = {"census": census, "cache": cache, "report": report}
+    if model is not None:
+        inputs["model"] = model
+        inputs["track"] = track
+    if after is not None:
+        inputs["after"] = [after, 0]
+    return {"class_type": "RLGTestProbe", "inputs": inputs}
+
+
+def probe_graph(census: bool = False, models: dict[str, dict] | None = None, cache: bool = False,
+                first: bool = False) -> dict:
+    """Probes after a first one (`a`, which executes first, so any cache has dropped older prompts when the others
+    run; it reports only if `first`): `p` with no model, and one per {label: loader node} inspecting and tracking
+    it."""
+    g = {"a": probe_node(report=first), "p": probe_node(census=census, cache=cache, after="a")}
+    for label, loader in (models or {}).items():
+        g[f"L{label}"] = loader
+        g[f"p{label}"] = probe_node([f"L{label}", 0], track=label, after="a")
+    return g
+
 
 def run_ok(srv: ComfyServer, prompt: dict) -> dict:
     """A prompt that must succeed; forgotten by the server's history once read (a long-lived server)."""
     return srv.run_ok(prompt, forget=True)
 
 
-def probe(srv: ComfyServer, census: bool = False, models: dict[str, dict] | None = None) -> dict:
-    """The probe's reports: {"": the server, label: that model's report}."""
-    entry = run_ok(srv, probe_graph(census, models))
-    reports = {"": entry["outputs"]["p"]["probe"][0]}
+def probe(srv: ComfyServer, census: bool = False, models: dict[str, dict] | None = None,
+          cache: bool = False, first: bool = False) -> dict:
+    """The probes' reports: {"": the server (after older prompts were dropped), "first": the first probe's (before;
+    empty unless `first`), label: that model's report}."""
+    entry = run_ok(srv, probe_graph(census, models, cache, first))
+    reports = {"": entry["outputs"]["p"]["probe"][0], "first": entry["outputs"]["a"]["probe"][0]}
     for label in models or {}:
         reports[label] = entry["outputs"][f"p{label}"]["probe"][0]
     return reports
@@ -203,22 +278,22 @@ def probe(srv: ComfyServer, census: bool = False, models: dict[str, dict] | None
 # -- the fresh process -----------------------------------------------------------------------------
 
 class ReferenceProcess:
-    """A process of its own that samples graphs without the server (reliability_reference.py)."""
+    """A process of its own (python -m harness.reference) that runs graphs through ComfyUI's executor, with no
+    cache and nothing shared with any server: see harness/reference.py."""
 
     def __init__(self, models: Path, work: Path):
         work.mkdir(parents=True, exist_ok=True)
-        config = work / "extra_model_paths.yaml"
-        config.write_text(f"rlg_reliability:\n  base_path: {models}\n  diffusion_models: diffusion_models\n"
-                          f"  loras: loras\n  custom_nodes: {TEST_NODES}\n")
+        config = model_paths_config(work, models)
         self.log_path = work / "reference.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.reference", str(work), str(config), "--whitelist", "rlg_test_nodes"],
+            [sys.executable, "-m", "harness.reference", str(work), str(config), "--whitelist", TEST_NODES_PACK],
             cwd=host.ROOT,
             env=host.child_env(ONE_TORCH_THREAD), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             text=True, bufsize=1)
         self._answers: dict[str, dict] = {}
         self._count = 0
+        self.ready: dict | None = None
 
     def submit(self, prompt: dict) -> str:
         self._count += 1
@@ -227,25 +302,38 @@ class ReferenceProcess:
         self.proc.stdin.flush()
         return ticket
 
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the reference process ended:\n{self.log_path.read_text()[-4000:]}")
+        answer = json.loads(line)
+        if "ready" in answer:
+            self.ready = answer
+        elif "id" in answer:
+            self._answers[answer["id"]] = answer
+        return answer
+
     def result(self, ticket: str, timeout: float = 600.0) -> dict[str, torch.Tensor]:
+        """{SaveLatent node id: the latent it saved} of a graph submitted."""
         start = time.time()
         while ticket not in self._answers:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the reference process ended:\n{self.log_path.read_text()[-4000:]}")
-            answer = json.loads(line)
-            if "id" in answer:
-                self._answers[answer["id"]] = answer
+            self._read()
             if time.time() - start > timeout:
                 raise TimeoutError(f"no reference for {ticket} in {timeout}s")
-        answer = self._answers[ticket]
+        answer = self._answers.pop(ticket)
         if "error" in answer:
-            raise AssertionError(f"the reference process could not sample the graph:\n{answer['error']}")
+            raise AssertionError(f"the reference process could not run the graph:\n{answer['error']}")
         return {node_id: safetensors.torch.load_file(path)["latent_tensor"]
                 for node_id, path in answer["latents"].items()}
 
     def sample(self, prompt: dict) -> dict[str, torch.Tensor]:
         return self.result(self.submit(prompt))
+
+    def wait_ready(self) -> dict:
+        """What the process reports once ComfyUI is up: its version, cache, the node packs loaded."""
+        while self.ready is None:
+            self._read()
+        return self.ready
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -259,23 +347,42 @@ class ReferenceProcess:
 
 # -- what the run measured --------------------------------------------------------------------------
 
+# {label: value}, in order; a label names the cache a figure was measured under where that matters.
+FIGURES: dict[str, str] = {}
 RESULTS: dict = {"checked": 0, "checked_max_diff": 0.0, "faults": [], "bad_inputs": [], "two_nodes": []}
 
 
 def summary_lines() -> list[str]:
-    """The figures of this run, one line each (conftest prints them under 'RLG reliability')."""
-    lines = [f"{label:40s} {value}" for label, value in FIGURES.items()]
+    """The figures of this run, one line each (tests/conftest.py prints them under 'RLG reliability')."""
+    lines = [f"{label:48s} {value}" for label, value in FIGURES.items()]
     if RESULTS["faults"]:
-        lines.append(f"{'faults survived':40s} {len(RESULTS['faults'])}: {'; '.join(RESULTS['faults'])}")
+        lines.append(f"{'faults survived':48s} {len(RESULTS['faults'])}: {'; '.join(RESULTS['faults'])}")
     if RESULTS["bad_inputs"]:
         kinds = [k for _, k, _ in RESULTS["bad_inputs"]]
-        lines.append(f"{'bad inputs tried':40s} {len(kinds)}, each refused naming node and input "
+        lines.append(f"{'bad inputs tried':48s} {len(kinds)}, each refused naming node and input "
                      f"({kinds.count('validation')} by ComfyUI's validation, {kinds.count('execution')} by the "
                      "node), the next good prompt exact")
     if RESULTS["two_nodes"]:
-        lines.append(f"{'two RLG nodes in one graph':40s} {'; '.join(RESULTS['two_nodes'])}: each equal to the "
+        lines.append(f"{'two RLG nodes in one graph':48s} {'; '.join(RESULTS['two_nodes'])}: each equal to the "
                      "node alone")
     if RESULTS["checked"]:
-        lines.append(f"{'other prompts vs a fresh process':40s} {RESULTS['checked']}, max |diff| "
+        lines.append(f"{'other prompts vs a fresh process':48s} {RESULTS['checked']}, max |diff| "
                      f"{RESULTS['checked_max_diff']:.2e}: nothing lost")
     return lines
+
+
+# -- in-process ----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def loras_folder(path: Path):
+    """folder_paths' loras folder set to `path` alone, as a ComfyUI whose models live there; restored after."""
+    import folder_paths
+
+    saved = folder_paths.folder_names_and_paths["loras"]
+    folder_paths.folder_names_and_paths["loras"] = ([str(path)], set(saved[1]))
+    folder_paths.filename_list_cache.pop("loras", None)
+    try:
+        yield
+    finally:
+        folder_paths.folder_names_and_paths["loras"] = saved
+        folder_paths.filename_list_cache.pop("loras", None)
