@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -89,3 +90,29 @@ def pack_sources(root: Path = ROOT) -> list[Path]:
     files = set(seen) | ({p for p in web.rglob("*") if p.is_file()} if web else set())
     return sorted(files)
 
+
+def registry_files(root: Path = ROOT) -> list[str]:
+    """The files `comfy node pack` (comfy-cli, the Comfy Registry's packer) puts in the pack's zip, as paths relative
+    to the checkout, by the rule it applies: the files git tracks, less those .comfyignore's patterns match (gitignore
+    rules; git's own matcher here), except under the folders pyproject's [tool.comfy] `includes` names, which it
+    adds from disk. Needs git and a git checkout (and Python 3.11, for tomllib)."""
+    import tomllib
+
+    def git(*args: str) -> list[str]:
+        out = subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if line.strip()]
+
+    tracked = git("ls-files")
+    ignore = root / ".comfyignore"
+    ignored = set(git("ls-files", "-c", "-i", f"--exclude-from={ignore}")) if ignore.is_file() else set()
+    includes = [p.strip("/") for p in tomllib.loads((root / "pyproject.toml").read_text())
+                .get("tool", {}).get("comfy", {}).get("includes", [])]
+
+    def forced(path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in includes if p)
+
+    files = {path for path in tracked if path not in ignored or forced(path)}
+    for include in includes:
+        where = root / include
+        files |= {str(p.relative_to(root)) for p in ([where] if where.is_file() else where.rglob("*")) if p.is_file()}
+    return sorted(files)
