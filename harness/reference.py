@@ -31,7 +31,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .host import comfy_version, use_comfy
+from .host import comfy_version, foreign_modules, use_comfy
 from .server import PACK_DIR_NAME, link_pack
 
 
@@ -86,7 +86,7 @@ def start_comfy(work: Path, configs: list[Path], whitelist: list[str]):
     loaded = sorted({getattr(cls, "RELATIVE_PYTHON_MODULE", "nodes") for cls in nodes.NODE_CLASS_MAPPINGS.values()})
     info = {"ready": True, "comfyui_version": comfy_version(), "cache": executor.cache_type.name,
             "nodes": len(nodes.NODE_CLASS_MAPPINGS), "custom_nodes": [m for m in loaded if "custom_nodes" in m],
-            "builtin_import_failed": [str(f) for f in failed or []]}
+            "builtin_import_failed": [str(f) for f in failed or []], "foreign_modules": foreign_modules()}
     return nodes, executor, info
 
 

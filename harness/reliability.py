@@ -308,6 +308,9 @@ class ReferenceProcess:
             raise RuntimeError(f"the reference process ended:\n{self.log_path.read_text()[-4000:]}")
         answer = json.loads(line)
         if "ready" in answer:
+            # The same ComfyUI as this leg's, and nothing of another tree (harness.host).
+            if answer["comfyui_version"] != host.comfy_version() or answer["foreign_modules"]:
+                raise RuntimeError(f"the reference process runs another ComfyUI than this leg's: {answer}")
             self.ready = answer
         elif "id" in answer:
             self._answers[answer["id"]] = answer
@@ -354,21 +357,21 @@ RESULTS: dict = {"checked": 0, "checked_max_diff": 0.0, "faults": [], "bad_input
 
 def summary_lines() -> list[str]:
     """The figures of this run, one line each (tests/conftest.py prints them under 'RLG reliability')."""
-    lines = [f"{label:48s} {value}" for label, value in FIGURES.items()]
+    rows = list(FIGURES.items())
     if RESULTS["faults"]:
-        lines.append(f"{'faults survived':48s} {len(RESULTS['faults'])}: {'; '.join(RESULTS['faults'])}")
+        rows.append(("faults survived", f"{len(RESULTS['faults'])}: {'; '.join(RESULTS['faults'])}"))
     if RESULTS["bad_inputs"]:
         kinds = [k for _, k, _ in RESULTS["bad_inputs"]]
-        lines.append(f"{'bad inputs tried':48s} {len(kinds)}, each refused naming node and input "
+        rows.append(("bad inputs tried", f"{len(kinds)}, each refused naming node and input "
                      f"({kinds.count('validation')} by ComfyUI's validation, {kinds.count('execution')} by the "
-                     "node), the next good prompt exact")
+                     "node), the next good prompt exact"))
     if RESULTS["two_nodes"]:
-        lines.append(f"{'two RLG nodes in one graph':48s} {'; '.join(RESULTS['two_nodes'])}: each equal to the "
-                     "node alone")
+        rows.append(("two RLG nodes in one graph", f"{'; '.join(RESULTS['two_nodes'])}: each equal to the node alone"))
     if RESULTS["checked"]:
-        lines.append(f"{'other prompts vs a fresh process':48s} {RESULTS['checked']}, max |diff| "
-                     f"{RESULTS['checked_max_diff']:.2e}: nothing lost")
-    return lines
+        rows.append(("other prompts vs a fresh process",
+                     f"{RESULTS['checked']}, max |diff| {RESULTS['checked_max_diff']:.2e}: nothing lost"))
+    width = max((len(label) for label, _ in rows), default=0)
+    return [f"{label:{width}s}  {value}" for label, value in rows]
 
 
 # -- in-process ----------------------------------------------------------------------------------------

@@ -4,10 +4,6 @@ After each, the server keeps serving, the base it caches is untouched, and the n
 
 from __future__ import annotations
 
-import asyncio
-import json
-import uuid
-
 import pytest
 
 from harness import reliability as rel
@@ -16,35 +12,12 @@ from harness.server import messages
 server_test = pytest.mark.server
 
 
-async def _interrupt_during_sampling(srv, prompt: dict, after_steps: int) -> tuple[str, int]:
-    """Queue the prompt, POST /interrupt once the sampler reported `after_steps` steps; (prompt id, step)."""
-    import aiohttp
-
-    client_id = str(uuid.uuid4())
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{srv.url.replace('http', 'ws', 1)}/ws?clientId={client_id}") as ws:
-            async with session.post(f"{srv.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as resp:
-                assert resp.status == 200, await resp.text()
-                prompt_id = (await resp.json())["prompt_id"]
-            async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                event = json.loads(msg.data)
-                data = event.get("data", {})
-                if (event.get("type") == "progress" and data.get("prompt_id") == prompt_id
-                        and data.get("node") == "6" and data.get("value", 0) >= after_steps):
-                    async with session.post(f"{srv.url}/interrupt", json={}) as resp:
-                        assert resp.status == 200
-                    return prompt_id, data["value"]
-    raise AssertionError("the websocket closed before the sampler reported progress")
-
-
 @server_test
 @pytest.mark.parametrize("form", ["separate", "lora", "peft"])
 def test_interrupt_mid_prompt(server, form):
     """POST /interrupt while an RLG prompt samples: the server stays up and loses nothing."""
     long = rel.graph(form, scale=2.0, steps=10000, seed=server.seed(), prefix="rel/interrupted")
-    prompt_id, step = asyncio.run(asyncio.wait_for(_interrupt_during_sampling(server.srv, long, after_steps=5), 120))
+    prompt_id, step = server.srv.interrupt_during(long, node="6", after_steps=5)
     entry = server.srv.wait(forget=True, prompt_id=prompt_id)
     interrupted = messages(entry, "execution_interrupted")
     assert interrupted and interrupted[0]["node_type"] == "KSampler", entry["status"]
