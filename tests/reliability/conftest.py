@@ -130,7 +130,7 @@ class Servers:
         """The server runs the cache we say it does (its executor, as the probe finds it)."""
         report = rel.probe(server.srv, cache=True)[""]["cache"]
         assert report and report["type"] == server.cache.kind, (server.cache, report)
-        settings = ", ".join(f"{k} {report['args'][k]:g}" for k in ("ram", "ram_inactive") if report["args"].get(k))
+        settings = ", ".join(f"{k} {report['args'][k]:.3g}" for k in ("ram", "ram_inactive") if report["args"].get(k))
         rel.FIGURES[f"cache of the {server.cache.name} server"] = (
             f"{server.cache.label}: the executor runs {report['type']}" + (f" ({settings} GB)" if settings else ""))
 
