@@ -116,12 +116,13 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a process this one starts (a server, the reference process): the same tree.
 
     RLG_COMFY_DIR is fixed to this process's tree, and the checkout goes on PYTHONPATH after the leg's own
-    entries (its package overlay), so the harness and the test nodes import in the child; a ComfyUI main.py
-    puts its own folder first, ahead of both.
+    entries (its package overlay, made absolute), so the harness and the test nodes import in the child; a ComfyUI
+    main.py puts its own folder first, ahead of both.
     """
     env = dict(os.environ)
     env[COMFY_DIR_ENV] = str(comfy_dir())
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # Absolute: a server runs in its ComfyUI folder, where a PYTHONPATH relative to the checkout finds nothing.
+    paths = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(ROOT) not in paths:
         paths.append(str(ROOT))
     env["PYTHONPATH"] = os.pathsep.join(paths)

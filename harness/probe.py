@@ -1,7 +1,8 @@
-"""What a running ComfyUI holds: models, hooks on a model, live tensors and patchers, resident memory.
+"""What a running ComfyUI holds: models, hooks on a model, live tensors and patchers, RLG's own objects, the
+executor's cache, resident memory.
 
-Shared by the test-only probe node (tests/comfy_test_nodes/rlg_test_nodes, run inside the server) and
-tests/test_reliability.py (which computes the same digests from the model files). Plain torch, gc and
+Shared by the test-only probe node (tests/comfy_test_nodes/rlg_test_nodes, run inside the server) and the
+reliability tests (tests/reliability/, which compute the same digests from the model files). Plain torch, gc and
 hashlib; ComfyUI is imported only inside the functions that need it.
 """
 
@@ -9,9 +10,15 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
+import sys
+import types
 import weakref
+from collections import Counter
 
 import torch
+
+from .host import ROOT
 
 # label -> weak reference, filled by the probe node's `track` input (models that must die after /free).
 TRACKED: dict[str, weakref.ref] = {}
@@ -86,7 +93,9 @@ def live_census() -> dict:
     gc.collect()
     patchers = models = tensors = 0
     storages: dict[int, int] = {}
+    pack = _PackObjects()
     for obj in gc.get_objects():
+        pack.add(obj)
         if isinstance(obj, comfy.model_patcher.ModelPatcher):
             patchers += 1
         elif isinstance(obj, comfy.model_base.BaseModel):
@@ -102,7 +111,72 @@ def live_census() -> dict:
     rss_before = rss_kb()
     trimmed = trim_heap()
     return {"patchers": patchers, "base_models": models, "tensors": tensors, "tensor_bytes": sum(storages.values()),
-            "gc_objects": objects, "rss_kb": rss_before, "rss_trimmed_kb": rss_kb() if trimmed else None}
+            "pack_objects": dict(pack.counts), "gc_objects": objects, "rss_kb": rss_before,
+            "rss_trimmed_kb": rss_kb() if trimmed else None}
+
+
+class _PackObjects:
+    """Counts live objects of the pack (RLG): instances of classes defined in its code, and functions made from its
+    code (module functions, and the closures it creates while it runs). Everything ComfyUI loads of the pack is its
+    __init__.py and nodes/; the server's custom_nodes/ComfyUI-RLG is a link to this checkout (harness.server)."""
+
+    def __init__(self):
+        self.counts: Counter[str] = Counter()
+        self._files: dict[str, bool] = {}
+        self._modules: dict[str, bool] = {}
+        self._nodes = os.path.realpath(ROOT / "nodes") + os.sep
+        self._init = os.path.realpath(ROOT / "__init__.py")
+
+    def _is_pack_file(self, filename: str) -> bool:
+        known = self._files.get(filename)
+        if known is None:
+            real = os.path.realpath(filename)
+            known = self._files[filename] = real.startswith(self._nodes) or real == self._init
+        return known
+
+    def _is_pack_module(self, name: str) -> bool:
+        known = self._modules.get(name)
+        if known is None:
+            file = getattr(sys.modules.get(name), "__file__", None)
+            known = self._modules[name] = bool(file) and self._is_pack_file(file)
+        return known
+
+    def add(self, obj) -> None:
+        cls = type(obj)
+        if cls is types.FunctionType:
+            if self._is_pack_file(obj.__code__.co_filename):
+                self.counts[f"function {obj.__module__.rpartition('.')[2]}.{obj.__qualname__}"] += 1
+        elif self._is_pack_module(cls.__module__):
+            self.counts[f"{cls.__module__.rpartition('.')[2]}.{cls.__qualname__}"] += 1
+
+
+def pack_objects() -> dict[str, int]:
+    """{what: how many} live objects of the pack, after a full collection (see _PackObjects)."""
+    gc.collect()
+    pack = _PackObjects()
+    for obj in gc.get_objects():
+        pack.add(obj)
+    return dict(pack.counts)
+
+
+def executor_cache() -> dict | None:
+    """The cache of ComfyUI's PromptExecutor in this process: its type (CLASSIC, RAM_PRESSURE...), its settings, its
+    output entries, and how many of those no node of the current prompt used (None for caches without generations:
+    CLASSIC drops them when a prompt starts). None without an executor."""
+    import execution
+
+    for obj in gc.get_objects():
+        if isinstance(obj, execution.PromptExecutor):
+            outputs = obj.caches.outputs
+            used = getattr(outputs, "used_generation", None)
+            generation = getattr(outputs, "generation", None)
+            entries = getattr(outputs, "cache", {})
+            older = (None if used is None or generation is None
+                     else sum(1 for key in entries if used.get(key, generation) < generation))
+            kind = obj.cache_type
+            return {"type": getattr(kind, "name", str(kind)), "args": dict(obj.cache_args or {}),
+                    "entries": len(entries), "older_entries": older}
+    return None
 
 
 def trim_heap() -> bool:
@@ -120,6 +194,7 @@ def trim_heap() -> bool:
 
 
 def track(label: str, patcher) -> None:
+    """Watch a ModelPatcher and its model (weakly): tracked_alive() says whether they are still alive."""
     TRACKED[f"{label}"] = weakref.ref(patcher)
     TRACKED[f"{label}.model"] = weakref.ref(patcher.model)
 

@@ -1,29 +1,38 @@
-"""The fresh process that samples, for tests/test_reliability.py, the graphs it checks a server against.
+"""A fresh process that runs API graphs through ComfyUI's own executor: what the reliability tests check a server
+against.
 
-    python -m harness.reference <models dir> <output dir>      (on the tree harness.host.comfy_dir() names)
+    python -m harness.reference <work dir> <extra model paths config>... [--whitelist PACK...]
 
-It never talks to the server. It imports ComfyUI as a library with the server's settings (--cpu),
-loads this pack as ComfyUI does, and reads API-format graphs, one JSON object per line on stdin:
-{"id": "...", "graph": {...}}. It runs each graph's nodes itself, in dependency order and without any
-cache (every loader reads its file again), under torch.inference_mode() as ComfyUI's executor does,
-and writes the latent each SaveLatent node would save to <output dir>/<id>.safetensors, keyed by the
-SaveLatent's node id. It answers each graph with one line on its stdout: {"id": ..., "ok": true} or
-{"id": ..., "error": "<traceback>"}. Everything else it prints goes to stderr.
+(on the tree harness.host.comfy_dir() names). It never talks to a server and shares nothing with one but the files
+it reads. It starts ComfyUI the way main.py does, without the HTTP server: the server's settings (--cpu), its own
+output, temp, input and user folders in <work dir>, the model folders and custom_nodes folders of the configs,
+the built-in nodes, and the custom node packs loaded by ComfyUI's own loader (nodes.init_extra_nodes, with
+--disable-all-custom-nodes and the whitelist: this pack, through a link of its own in <work dir>, and the packs
+named). Each graph then goes through what a queued prompt goes through: execution.validate_prompt, then
+execution.PromptExecutor. The executor runs with no cache (CacheType.NONE, main.py's --cache-none): every node runs,
+every loader reads its file again, and after each graph every model is unloaded and collected, so no graph sees
+anything an earlier one left.
+
+The executor needs a server only to send its messages to; a stand-in keeps them. API nodes are not loaded.
+
+Protocol: graphs come on stdin, one JSON object per line: {"id": "...", "graph": {...}}. Once ComfyUI is up, one
+line {"ready": true, ...} on stdout says what was loaded; then one line per graph: {"id": ..., "latents": {SaveLatent
+node id: the file it saved}} or {"id": ..., "error": "..."}. Everything else the process prints goes to stderr.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
+import asyncio
+import gc
 import json
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from .host import ROOT, use_comfy
-from .pack import node_classes
-
-TEST_NODES = ROOT / "tests" / "comfy_test_nodes" / "rlg_test_nodes" / "__init__.py"
+from .host import comfy_version, foreign_modules, use_comfy
+from .server import PACK_DIR_NAME, link_pack
 
 
 def _protocol_stream():
@@ -34,70 +43,97 @@ def _protocol_stream():
     return proto
 
 
-def _setup(models: Path) -> dict:
-    use_comfy(cpu=True)  # what the test server runs with (--cpu), nothing more
+class ServerStandIn:
+    """What PromptExecutor asks of PromptServer: a client id, the node running, and somewhere to send messages."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata: dict = {}
+        self.messages: list[tuple[str, dict]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+def start_comfy(work: Path, configs: list[Path], whitelist: list[str]):
+    """ComfyUI as main.py starts it, without the HTTP server. Returns (nodes module, the executor, what loaded)."""
+    use_comfy(cpu=True)  # what the test servers run with (--cpu)
+    import utils.extra_config  # noqa: I001  (main.py imports it before nodes: nodes puts comfy/ on sys.path)
+    import comfy.cli_args
     import folder_paths
 
-    folder_paths.add_model_folder_path("diffusion_models", str(models / "diffusion_models"), is_default=True)
-    folder_paths.add_model_folder_path("loras", str(models / "loras"), is_default=True)
+    args = comfy.cli_args.args
+    args.disable_all_custom_nodes = True
+    args.whitelist_custom_nodes = [PACK_DIR_NAME, *whitelist]
+    for name, setter in (("output", folder_paths.set_output_directory), ("temp", folder_paths.set_temp_directory),
+                         ("input", folder_paths.set_input_directory), ("user", folder_paths.set_user_directory)):
+        (work / name).mkdir(parents=True, exist_ok=True)
+        setter(str(work / name))
+    for config in [*configs, link_pack(work)]:
+        utils.extra_config.load_extra_path_config(str(config))
 
+    import execution
     import nodes
-    from comfy_extras.nodes_sd3 import EmptySD3LatentImage
 
-    pack_nodes = node_classes()
-    spec = importlib.util.spec_from_file_location("rlg_test_nodes", TEST_NODES)
-    test_nodes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(test_nodes)
-
-    return {**nodes.NODE_CLASS_MAPPINGS, "EmptySD3LatentImage": EmptySD3LatentImage, **pack_nodes,
-            **test_nodes.NODE_CLASS_MAPPINGS}
-
-
-def _call(cls, inputs: dict) -> tuple:
-    from comfy_api.latest import io
-
-    if isinstance(cls, type) and issubclass(cls, io.ComfyNode):
-        return cls.execute(**inputs).args
-    return getattr(cls(), cls.FUNCTION)(**inputs)
+    failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    executor = execution.PromptExecutor(ServerStandIn(), cache_type=execution.CacheType.NONE,
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    loaded = sorted({getattr(cls, "RELATIVE_PYTHON_MODULE", "nodes") for cls in nodes.NODE_CLASS_MAPPINGS.values()})
+    info = {"ready": True, "comfyui_version": comfy_version(), "cache": executor.cache_type.name,
+            "nodes": len(nodes.NODE_CLASS_MAPPINGS), "custom_nodes": [m for m in loaded if "custom_nodes" in m],
+            "builtin_import_failed": [str(f) for f in failed or []], "foreign_modules": foreign_modules()}
+    return nodes, executor, info
 
 
-def run_graph(graph: dict, classes: dict) -> dict:
-    """{SaveLatent node id: the latent it would save} for an API-format graph."""
-    outputs: dict[str, tuple] = {}
+def run_graph(executor, prompt_id: str, graph: dict) -> dict[str, str]:
+    """Validate and execute one API graph as a queued prompt. {SaveLatent node id: the file it saved}."""
+    import comfy.model_management
+    import execution
+    import folder_paths
 
-    def value(v):
-        if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int):
-            return evaluate(v[0])[v[1]]
-        return v
-
-    def evaluate(node_id: str) -> tuple:
-        if node_id not in outputs:
-            node = graph[node_id]
-            inputs = {name: value(v) for name, v in node["inputs"].items()}
-            outputs[node_id] = _call(classes[node["class_type"]], inputs)
-        return outputs[node_id]
-
-    return {node_id: value(node["inputs"]["samples"])["samples"].contiguous()
-            for node_id, node in graph.items() if node["class_type"] == "SaveLatent"}
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, graph, None))
+    if not valid:
+        raise RuntimeError(f"ComfyUI's validation refused the graph: {json.dumps(error)} {json.dumps(node_errors)}")
+    executor.server.messages.clear()
+    try:
+        executor.execute(graph, prompt_id, {}, outputs)
+        if not executor.success:
+            errors = [data for kind, data in executor.status_messages if kind == "execution_error"]
+            raise RuntimeError(f"the prompt failed: {json.dumps(errors or executor.status_messages)[:6000]}")
+        latents = {}
+        output_dir = Path(folder_paths.get_output_directory())
+        for node_id, ui in executor.history_result["outputs"].items():
+            for info in ui.get("latents", []):
+                latents[node_id] = str(output_dir / info["subfolder"] / info["filename"])
+        return latents
+    finally:
+        comfy.model_management.unload_all_models()
+        executor.reset()
+        gc.collect()
 
 
 def main() -> None:
-    models, out_dir = (Path(a) for a in sys.argv[1:3])
+    parser = argparse.ArgumentParser(prog="python -m harness.reference", description=__doc__.split("\n\n")[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("configs", type=Path, nargs="+")
+    parser.add_argument("--whitelist", nargs="*", default=["rlg_test_nodes"],
+                        help="custom node packs to load besides this one (default: the test nodes)")
+    options = parser.parse_args()
     proto = _protocol_stream()
-    classes = _setup(models)
-    import safetensors.torch
-    import torch
+    _, executor, info = start_comfy(options.work.resolve(), options.configs, options.whitelist)
 
-    proto.write(json.dumps({"ready": True}) + "\n")
+    proto.write(json.dumps(info) + "\n")
     for line in sys.stdin:
         if not line.strip():
             continue
         request = json.loads(line)
         try:
-            with torch.inference_mode():
-                latents = run_graph(request["graph"], classes)
-            safetensors.torch.save_file(latents, out_dir / f"{request['id']}.safetensors")
-            answer = {"id": request["id"], "ok": True}
+            answer = {"id": request["id"], "latents": run_graph(executor, request["id"], request["graph"])}
         except Exception:  # noqa: BLE001  (reported to the test, which fails with it)
             answer = {"id": request["id"], "error": traceback.format_exc()}
         proto.write(json.dumps(answer) + "\n")

@@ -8,6 +8,7 @@ own, so several checkouts can share one host and each server runs the code of th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -31,8 +32,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def link_pack(work_dir: Path) -> Path:
+    """A custom_nodes folder of work_dir's own holding ComfyUI-RLG -> this checkout, and the extra model paths
+    config that names it (ComfyUI reads custom_nodes folders from such a config). Returns the config."""
+    packs = work_dir / "packs"
+    packs.mkdir(parents=True, exist_ok=True)
+    link = packs / PACK_DIR_NAME
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(host.ROOT, target_is_directory=True)
+    config = work_dir / "rlg_pack_paths.yaml"
+    config.write_text(f"rlg_pack:\n  custom_nodes: {packs}\n")
+    return config
+
+
 class ComfyServer:
-    """One ComfyUI server process: `start()`, then `run(graph)` (queue and wait), `get` / `post`, `stop()`."""
+    """One ComfyUI server process: `start()`, then `run(graph)` (queue and wait), `get` / `post`,
+    `interrupt_during(graph, ...)` (a client on the websocket), `stop()`."""
 
     def __init__(self, work_dir: Path, extra_paths_yaml: Path, whitelist: list[str], *,
                  extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None, comfy_dir: Path | None = None):
@@ -56,15 +72,7 @@ class ComfyServer:
 
     def _link_pack(self) -> Path:
         """custom_nodes/ComfyUI-RLG -> this checkout, in the server's work folder, and the config that names it."""
-        packs = self.work_dir / "packs"
-        packs.mkdir(parents=True, exist_ok=True)
-        link = packs / PACK_DIR_NAME
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(host.ROOT, target_is_directory=True)
-        config = self.work_dir / "rlg_pack_paths.yaml"
-        config.write_text(f"rlg_pack:\n  custom_nodes: {packs}\n")
-        return config
+        return link_pack(self.work_dir)
 
     # -- the process -------------------------------------------------------------------------------
     def start(self, timeout: float = 180.0) -> ComfyServer:
@@ -168,6 +176,34 @@ class ComfyServer:
         entry = self.run(prompt, timeout, forget)
         assert entry["status"]["status_str"] == "success", (json.dumps(entry["status"])[:3000], self.log(3000))
         return entry
+
+    def interrupt_during(self, prompt: dict, node: str, after_steps: int, timeout: float = 120.0) -> tuple[str, int]:
+        """Queue `prompt` as a client on the websocket, and POST /interrupt once node `node` reported `after_steps`
+        steps of progress. Returns (the prompt id, the step it was interrupted at)."""
+        return asyncio.run(asyncio.wait_for(self._interrupt_during(prompt, node, after_steps), timeout))
+
+    async def _interrupt_during(self, prompt: dict, node: str, after_steps: int) -> tuple[str, int]:
+        import aiohttp  # ComfyUI's own requirement: there whenever a server can run
+
+        client_id = str(uuid.uuid4())
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{self.url.replace('http', 'ws', 1)}/ws?clientId={client_id}") as ws:
+                async with session.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as resp:
+                    if resp.status != 200:
+                        raise AssertionError(f"/prompt refused the graph ({resp.status}): {await resp.text()}")
+                    prompt_id = (await resp.json())["prompt_id"]
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    event = json.loads(msg.data)
+                    data = event.get("data", {})
+                    if (event.get("type") == "progress" and data.get("prompt_id") == prompt_id
+                            and data.get("node") == node and data.get("value", 0) >= after_steps):
+                        async with session.post(f"{self.url}/interrupt", json={}) as resp:
+                            if resp.status != 200:
+                                raise AssertionError(f"/interrupt answered {resp.status}")
+                        return prompt_id, data["value"]
+        raise AssertionError(f"the websocket closed before node {node} reported progress:\n{self.log()}")
 
     def latents(self, entry: dict) -> dict:
         """{SaveLatent node id: the latent it saved} of a finished prompt."""

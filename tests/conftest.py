@@ -51,7 +51,7 @@ def pytest_terminal_summary(terminalreporter):
         for case, diff in sorted(diffs.items()):
             terminalreporter.write_line(f"{case:45s} {diff:.3e}")
         terminalreporter.write_line(f"{'overall max':45s} {max(diffs.values()):.3e}")
-    reliability = sys.modules.get("reliability_host")  # tests/test_reliability.py
+    reliability = sys.modules.get("harness.reliability")  # tests/reliability/, tests/test_security.py
     lines = reliability.summary_lines() if reliability is not None else []
     if lines:
         terminalreporter.section(f"RLG reliability (ComfyUI {host.comfy_version()})")

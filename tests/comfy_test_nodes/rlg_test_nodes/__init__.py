@@ -4,9 +4,9 @@ RLGTestConditioning gives seeded conditioning for the tiny test models, so the s
 no text encoder. It makes exactly what harness/tiny_models.tiny_conds makes in-process, and for the by-file
 stand-ins ("<family>_file") what harness/tiny_families makes for them.
 
-RLGTestProbe and RLGTestFailingModel serve tests/test_reliability.py: the first reports what the
-server holds (loaded models, hooks and weights of a model, live tensors, resident memory), the second
-returns a model whose forward raises after a given number of calls.
+RLGTestProbe and RLGTestFailingModel serve the reliability tests (tests/reliability/): the first reports
+what the server holds (loaded models, hooks and weights of a model, live tensors and RLG objects, the cache,
+resident memory), the second returns a model whose forward raises after a given number of calls.
 """
 
 from harness import probe as reliability_probe  # the checkout is on the server's PYTHONPATH (harness.host.child_env)
@@ -42,10 +42,16 @@ class RLGTestConditioning:
 
 
 class RLGTestProbe:
-    """Reports, in the prompt's /history outputs, what the server holds right now (runs every time)."""
+    """Reports, in the prompt's /history outputs, what the server holds right now (runs every time).
+
+    Its output links to another probe's `after`, to order two probes: under the RAM_PRESSURE cache the outputs of
+    earlier prompts go only once a node of the current prompt has executed, so a census that must see them gone runs
+    after a first probe.
+    """
 
     CATEGORY = "testing"
-    RETURN_TYPES = ()
+    RETURN_TYPES = ("INT",)
+    RETURN_NAMES = ("done",)
     FUNCTION = "probe"
     OUTPUT_NODE = True
 
@@ -53,23 +59,29 @@ class RLGTestProbe:
     def INPUT_TYPES(cls):
         return {
             "required": {"census": ("BOOLEAN", {"default": False})},
-            "optional": {"model": ("MODEL",), "track": ("STRING", {"default": ""})},
+            "optional": {"model": ("MODEL",), "track": ("STRING", {"default": ""}),
+                         "cache": ("BOOLEAN", {"default": False}), "after": ("INT", {"forceInput": True}),
+                         "report": ("BOOLEAN", {"default": True})},
         }
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
         return float("nan")
 
-    def probe(self, census, model=None, track=""):
+    def probe(self, census, model=None, track="", cache=False, after=None, report=True):
+        if model is not None and track:
+            reliability_probe.track(track, model)
+        if not report:  # only tracking, or only here to run first (a cache may drop older prompts after it)
+            return {"ui": {"probe": [{}]}, "result": (0,)}
         report = {"rss_kb": reliability_probe.rss_kb(), "loaded": reliability_probe.loaded_models()}
         if model is not None:
             report["model"] = reliability_probe.model_state(model)
-            if track:
-                reliability_probe.track(track, model)
         report["tracked_alive"] = reliability_probe.tracked_alive()
+        if cache:
+            report["cache"] = reliability_probe.executor_cache()
         if census:
             report["census"] = reliability_probe.live_census()
-        return {"ui": {"probe": [report]}}
+        return {"ui": {"probe": [report]}, "result": (0,)}
 
 
 class RLGTestFailingModel:
