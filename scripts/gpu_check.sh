@@ -102,7 +102,8 @@ export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_NO_
 # The image's own pytest plugins stay out: the run is the same on any machine.
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 
-# 1. Setup: the machine, the wheels, the tree.
+# 1. Setup: the machine, the wheels, the tree. (Called as `setup || rc=$?`, where bash ignores set -e: each step that
+#    can fail returns by itself.)
 setup() {
   echo "== machine"
   date -u +%Y-%m-%dT%H:%M:%SZ
@@ -124,17 +125,17 @@ setup() {
         echo "== ComfyUI $file ($((SECONDS - START))s)"
         [[ "$(sha256sum "$CARRY/$module" | cut -d' ' -f1)" == "$sum" ]] || { echo "sha256 mismatch: $module"; return 1; }
         rm -rf "$TREE" "$WORK/tree.tmp"; mkdir -p "$WORK/tree.tmp"
-        tar xzf "$CARRY/$module" -C "$WORK/tree.tmp"
+        tar xzf "$CARRY/$module" -C "$WORK/tree.tmp" || return 1
         rm -f "$WORK/tree.tmp/extra_model_paths.yaml"
-        mv "$WORK/tree.tmp" "$TREE"
+        mv "$WORK/tree.tmp" "$TREE" || return 1
         "$PY" -c "import runpy, sys; v = runpy.run_path(sys.argv[1])['__version__']; print('unpacked ComfyUI', v)
-if v != sys.argv[2]: sys.exit('expected ' + sys.argv[2])" "$TREE/comfyui_version.py" "$file" ;;
+if v != sys.argv[2]: sys.exit('expected ' + sys.argv[2])" "$TREE/comfyui_version.py" "$file" || return 1 ;;
     esac
   done < <(grep -v '^#' "$CARRY/MANIFEST")
   [[ -f "$TREE/main.py" ]] || { echo "no ComfyUI tree in $CARRY/MANIFEST"; return 1; }
   echo "== installing ($((SECONDS - START))s) ${#wheels[@]} wheels into $SITE (no index, no dependencies)"
   rm -rf "$SITE"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "${wheels[@]}" || return 1
   echo "== Python, torch and the carried packages ($((SECONDS - START))s)"
   PYTHONPATH="${RLG_GPU_CHECK_EXTRA_PATH:-}" "$PY" - "$DEVICE" "$SITE" "${modules[@]}" <<'PYEOF'
 import importlib, importlib.util, os, platform, sys
@@ -157,6 +158,7 @@ if had:
 if device == "cuda" and not torch.cuda.is_available():
     sys.exit("RLG_GPU_CHECK_DEVICE=cuda, but this torch sees no CUDA device")
 PYEOF
+  [[ $? == 0 ]] || return 1
   echo "== setup done ($((SECONDS - START))s)"
 }
 say "setup: $(date -u +%H:%M:%S), budget ${BUDGET}s, device $DEVICE, python $PY, work folder $WORK"
@@ -214,7 +216,7 @@ memory() {
       | tail -n 1) || rc=$?
     [[ "$rc" == 0 ]] || { say "memory: $case exit $rc"; return "$rc"; }
     "$PY" -c "import json, sys; d = json.loads(sys.argv[1]); print(sys.argv[2], sys.argv[3], f\"{d['peak_mb']:.1f}\", \
-f\"{d['loaded_mb']:.1f}\", sep=',')" "$line" "$SIZE" "$case" >>"$OUT/memory.csv"
+f\"{d['loaded_mb']:.1f}\", sep=',')" "$line" "$SIZE" "$case" >>"$OUT/memory.csv" || return 1
   done
 }
 t0=$SECONDS; rc=0

@@ -95,7 +95,8 @@ trap 'rm -rf "$check"' EXIT
 } >"$CARRY/MANIFEST"
 rm -f "$CARRY/MANIFEST.wheels"
 carried=$(du -sb "$CARRY" | cut -f1)
-tree=$(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
+tree=$(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null |
+  tail -n 1 | cut -f1) || true  # a deleted tracked file, or no git: the sum of what is there
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 echo "carried $carried bytes" >>"$CARRY/MANIFEST"
 log "$CARRY: $(mib "$carried") ($(ls "$CARRY/wheels" | wc -l) wheels, ComfyUI $COMFY_VERSION)"
