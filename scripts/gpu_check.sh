@@ -5,7 +5,7 @@
 #   here, once (needs the registry):  bash scripts/gpu_prepare.sh          -> .gpu-carry/ (about 42 MiB, git-ignored)
 #   on the GPU machine:               bash scripts/gpu_check.sh .gpu-carry  -> $OUT/ (default out/gpu/)
 #
-# What it does, each step in its share of a time budget (RLG_GPU_CHECK_BUDGET seconds, 540 by default):
+# What it does, each step in its share of a time budget (RLG_GPU_CHECK_BUDGET seconds, 420 by default):
 #   1. setup.log    the machine; installs the carried wheels (sha256 checked, no registry, no dependencies) into a
 #                   folder it puts first on PYTHONPATH; unpacks the carried ComfyUI 0.33.0 tree; imports each
 #                   carried package, and says which the machine had already
@@ -21,13 +21,16 @@
 #
 # Settings (environment): RLG_GPU_CHECK_DEVICE cuda (default) or cpu; RLG_GPU_CHECK_PYTHON, the Python with torch
 # (default python3); RLG_GPU_CHECK_SIZE, the benchmark size (sd35m on cuda, tiny on cpu); RLG_GPU_CHECK_REPS
-# (3 on cuda, 1 on cpu); RLG_GPU_CHECK_TESTS, the test files; RLG_GPU_CHECK_MEMORY, the memory cases;
+# (2 on cuda, 1 on cpu); RLG_GPU_CHECK_TESTS, the test files; RLG_GPU_CHECK_MEMORY, the memory cases;
 # RLG_GPU_CHECK_BUDGET; RLG_GPU_CHECK_WORK, the folder for the install (default a fresh temporary one, removed at the
 # end); RLG_GPU_CHECK_EXTRA_PATH, folders after the carried one on PYTHONPATH, for a Python that lacks what the GPU
 # image has (unset there). RLG_GPU_CHECK_DEVICE=cpu with a small size is the dry run that CI runs
 # (scripts/gpu_dry_run.sh).
 #
-# The exit status is 0 only if every step passed; every step runs even if an earlier one failed.
+# The budget keeps a first call on a lent machine (its start takes a minute or two more) near 9 of a session's 15
+# device minutes, so a second, shorter try still fits. Memory gets what is left: cases the budget leaves out are
+# reported, not failed. The exit status is 0 only if every other step passed; every step runs even if an earlier one
+# failed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -41,10 +44,10 @@ DEVICE="${RLG_GPU_CHECK_DEVICE:-cuda}"
 case "$DEVICE" in cuda|cpu) ;; *) echo "gpu_check: RLG_GPU_CHECK_DEVICE is cuda or cpu, not $DEVICE" >&2; exit 2 ;; esac
 PY="${RLG_GPU_CHECK_PYTHON:-python3}"
 command -v "$PY" >/dev/null || { echo "gpu_check: no Python '$PY' (RLG_GPU_CHECK_PYTHON)" >&2; exit 2; }
-if [[ "$DEVICE" == cuda ]]; then SIZE_DEFAULT=sd35m REPS_DEFAULT=3; else SIZE_DEFAULT=tiny REPS_DEFAULT=1; fi
+if [[ "$DEVICE" == cuda ]]; then SIZE_DEFAULT=sd35m REPS_DEFAULT=2; else SIZE_DEFAULT=tiny REPS_DEFAULT=1; fi
 SIZE="${RLG_GPU_CHECK_SIZE:-$SIZE_DEFAULT}"
 REPS="${RLG_GPU_CHECK_REPS:-$REPS_DEFAULT}"
-BUDGET="${RLG_GPU_CHECK_BUDGET:-540}"
+BUDGET="${RLG_GPU_CHECK_BUDGET:-420}"
 TESTS_DEFAULT="tests/test_rlg_math.py tests/test_sampling.py tests/test_rl_pass_proof.py tests/test_quantized.py
   tests/test_sweep.py tests/test_rl_every.py tests/test_multi.py tests/test_families.py"
 read -r -a TESTS <<<"$(echo ${RLG_GPU_CHECK_TESTS:-$TESTS_DEFAULT})"
@@ -180,7 +183,7 @@ present=()
 for f in "${TESTS[@]}"; do
   if [[ -f "$f" ]]; then present+=("$f"); else say "tests: no $f here, left out" | tee -a "$OUT/tests.log"; fi
 done
-limit=$(share 45 35)
+limit=$(share 40 45)
 run_step tests "$OUT/tests.log" "$limit" env RLG_GPU_CHECK_DEADLINE=$(($(date +%s) + limit - 25)) \
   RLG_TEST_DEVICE="$DEVICE" NVIDIA_TF32_OVERRIDE=0 CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTHONPATH="$PYTHONPATH:$ROOT/scripts" \
   "$PY" -m pytest -m "not server" -p gpu_check_deadline -q -rfEs --durations=10 "${present[@]}"
@@ -200,8 +203,8 @@ else
   say "bench: benchmarks/bench_rlg.py --help names no --rl-every; rl_every 2 and 3 run only if they are among its" \
     "default cases" | tee -a "$OUT/bench.log"
 fi
-run_step bench "$OUT/bench.log" "$(share 30 15)" "$PY" -m benchmarks.bench_rlg "${bench_args[@]}"
-run_step sweep "$OUT/bench.log" "$(share 18 0)" \
+run_step bench "$OUT/bench.log" "$(share 30 18)" "$PY" -m benchmarks.bench_rlg "${bench_args[@]}"
+run_step sweep "$OUT/bench.log" "$(share 22 0)" \
   "$PY" -m benchmarks.bench_sweep --sizes "$SIZE" --reps "$REPS" --csv "$OUT/sweep.csv"
 
 # Peak memory, one fresh process per case (the benchmark's own --memory-child), while the budget lasts.
@@ -221,7 +224,9 @@ f\"{d['loaded_mb']:.1f}\", sep=',')" "$line" "$SIZE" "$case" >>"$OUT/memory.csv"
 }
 t0=$SECONDS; rc=0
 memory >>"$OUT/bench.log" 2>&1 || rc=$?
-record memory "$rc" $((SECONDS - t0)) "$(($(wc -l <"$OUT/memory.csv") - 1)) of ${#MEMORY_CASES[@]} cases"
+measured=$(($(wc -l <"$OUT/memory.csv") - 1))
+record memory "$rc" $((SECONDS - t0)) "$measured of ${#MEMORY_CASES[@]} cases$( ((measured < ${#MEMORY_CASES[@]})) &&
+  echo "; the budget ran out before the rest")"
 
 # 4. The summary: each step, then the headline figures.
 {
