@@ -18,9 +18,12 @@ DIR="${1:-/tmp/rlg-gpu-image}"
 HOST_SITE="$ROOT/.comfy-host/venv/lib/python3.11/site-packages"
 log() { printf '[gpu-image-env] %s\n' "$*" >&2; }
 
-PY312="$(command -v python3.12 2>/dev/null || true)"
-if [[ -z "$PY312" ]] && command -v pyenv >/dev/null; then
-  PY312="$(pyenv prefix "$(pyenv versions --bare | grep -E '^3\.12(\.|$)' | tail -n 1)")/bin/python3.12"
+PY312=""
+v312="$( (pyenv versions --bare 2>/dev/null || true) | grep -E '^3\.12(\.|$)' | tail -n 1 || true)"
+if [[ -n "$v312" ]]; then
+  PY312="$(pyenv prefix "$v312")/bin/python3.12"
+elif python3.12 -c pass 2>/dev/null; then
+  PY312="$(python3.12 -c 'import sys; print(sys.executable)')"
 fi
 [[ -x "$PY312" ]] || { log "no CPython 3.12 (python3.12 or pyenv)"; exit 1; }
 [[ -d "$HOST_SITE/nvidia/cu13/lib" ]] || { log "no CUDA 13 libraries in $HOST_SITE (scripts/setup_host.sh)"; exit 1; }
