@@ -1,7 +1,7 @@
 # Every target sets up the ComfyUI host in .comfy-host/ first (idempotent, cached).
 PY := .comfy-host/venv/bin/python
 
-.PHONY: setup test test-quick lint demo demo-server bench
+.PHONY: setup test test-quick lint demo demo-server bench gpu-prepare gpu-check gpu-dry-run
 
 setup:
 	bash scripts/setup_host.sh
@@ -33,3 +33,16 @@ demo-server: setup
 bench: setup
 	$(PY) -m benchmarks.bench_rlg
 	$(PY) -m benchmarks.bench_sweep
+
+## gpu-prepare: gather what a GPU machine without the registry lacks into .gpu-carry/ (ComfyUI 0.33.0, wheels; ~42 MiB)
+gpu-prepare:
+	bash scripts/gpu_prepare.sh
+
+## gpu-check: the GPU check on this machine's NVIDIA GPU with python3's torch, from .gpu-carry/ (out/gpu/)
+gpu-check:
+	bash scripts/gpu_check.sh .gpu-carry
+
+## gpu-dry-run: the same command on the CPU, tiny size and a few test files (out/gpu-dry/; part of make test)
+gpu-dry-run: setup
+	bash scripts/setup_host.sh 0.33.0
+	bash scripts/gpu_dry_run.sh

@@ -79,12 +79,13 @@ def _with_weight_functions(base, lora):
     return patched
 
 
-def sd35m_state_dict() -> dict:
+def sd35m_state_dict(seed: int = 0) -> dict:
     """SD3.5-Medium's diffusion model, with its true shapes and seeded random fp16 weights.
 
     MMDiT-X: depth 24, hidden 1536, 24 heads, RMS qk-norm, dual attention in blocks 0-12, a 384
     position table, T5/CLIP context 4096 wide and a 2048-wide pooled vector. Built on the meta
-    device (shapes only), then filled on the benchmark device.
+    device (shapes only), then filled on the benchmark device and handed over on the CPU, as a
+    loaded file is (and as tiny_models' helpers take it).
     """
     import comfy.ops
     import torch
@@ -99,13 +100,13 @@ def sd35m_state_dict() -> dict:
             x_block_self_attn_layers=list(range(13)), device="meta", dtype=torch.float16,
             operations=comfy.ops.disable_weight_init)
     device = "cuda" if os.environ.get("RLG_BENCH_DEVICE") == "cuda" else "cpu"
-    gen = torch.Generator(device).manual_seed(0)
+    gen = torch.Generator(device).manual_seed(seed)
     out = {}
     for key, value in sorted(net.state_dict().items()):
         if key.endswith("norm.weight") or (".ln_" in key and key.endswith(".weight")):
-            out[key] = torch.ones(value.shape, dtype=torch.float16, device=device)
+            out[key] = torch.ones(value.shape, dtype=torch.float16)
         else:
-            out[key] = (torch.randn(value.shape, generator=gen, device=device) * 0.02).to(torch.float16)
+            out[key] = (torch.randn(value.shape, generator=gen, device=device) * 0.02).to("cpu", torch.float16)
     return out
 
 
@@ -147,8 +148,10 @@ class Bench:
         self.loras = []
         self.lora_patches = None
         # Build only what is asked for: memory children must not hold (or have held) the others.
-        if "rl" in need:
-            self.rl = comfy.sd.load_diffusion_model_state_dict(tiny_models.perturbed(base_sd, 1, rel=0.1))
+        if "rl" in need:  # sd35m: a second seeded model, drawn on the device as the base is
+            rl_sd = sd35m_state_dict(seed=1) if size == "sd35m" else tiny_models.perturbed(base_sd, 1, rel=0.1)
+            self.rl = comfy.sd.load_diffusion_model_state_dict(rl_sd)
+            del rl_sd
         if "lora" in need:
             # rank 64 on every linear layer: big enough that its size stands above RSS noise. Several RL
             # LoRAs (two or three RL models at once) differ by their seed.
@@ -310,6 +313,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory processes")
     parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
                         help=f"comma-separated model sizes, of {', '.join(SIZES)} (sd35m: a GPU and ~20 GB)")
+    parser.add_argument("--csv", help="write the CSV here (default: benchmarks/results/bench-<time>.csv)")
     parser.add_argument("--memory-child", nargs=2, metavar=("SIZE", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -390,7 +394,7 @@ def main() -> None:
                          "peak_rss_mb": "", "params_m": "", "rl_weights_mb": "", "lora_mb": ""})
         del bench
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = results_dir / f"bench-{'quick-' if args.quick else ''}{stamp}.csv"
+    path = Path(args.csv) if args.csv else results_dir / f"bench-{'quick-' if args.quick else ''}{stamp}.csv"
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -11,6 +11,8 @@ file and a LoRA; every case warmed up, interleaved, medians of the repetitions.
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import statistics
 import time
 
@@ -19,7 +21,7 @@ from benchmarks import bench_rlg  # the sizes, the models and the host set-up
 SCALES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 
-def measure(size: str, sizes: dict, reps: int) -> None:
+def measure(size: str, sizes: dict, reps: int) -> list[dict]:
     import comfy.sample
     import torch
 
@@ -40,6 +42,8 @@ def measure(size: str, sizes: dict, reps: int) -> None:
             t0 = time.perf_counter()
             comfy.sample.sample(model, noise, bench.steps, 3.0, "euler", "simple", positive, negative,
                                 latent["samples"], disable_pbar=True, seed=1)
+            if os.environ.get("RLG_BENCH_DEVICE") == "cuda":
+                torch.cuda.synchronize()
             return time.perf_counter() - t0
 
     def singles(rl):
@@ -65,22 +69,37 @@ def measure(size: str, sizes: dict, reps: int) -> None:
           f"cfg 3, scales {scales}")
     for name in names:
         print(f"  {name:<36}{med[name]:8.3f} s")
+    rows = [{"size": size, "case": name, "value": f"{med[name]:.4f}", "unit": "s", "reps": reps} for name in names]
     for form in ("full", "lora"):
         sweep = med[f"{form}: sweep of {k} scales"]
         print(f"  {form}: sweep / {k} single runs = {sweep / med[f'{form}: {k} single runs']:.3f};  "
               f"sweep / one RLG run at batch {k} = {sweep / med[f'{form}: one RLG run at batch {k}']:.3f}")
+        for other in (f"{k} single runs", f"one RLG run at batch {k}"):
+            rows.append({"size": size, "case": f"{form}: sweep / {other}",
+                         "value": f"{sweep / med[f'{form}: {other}']:.4f}", "unit": "ratio", "reps": reps})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", default=",".join(bench_rlg.DEFAULT_SIZES),
+                        help=f"comma-separated model sizes, of {', '.join(bench_rlg.SIZES)} (sd35m: a GPU)")
+    parser.add_argument("--csv", help="also write the medians and ratios to this CSV file")
     args = parser.parse_args()
     bench_rlg._setup_comfy()
-    sizes = bench_rlg.QUICK_SIZES if args.quick else {k: bench_rlg.SIZES[k] for k in bench_rlg.DEFAULT_SIZES}
+    sizes = bench_rlg.QUICK_SIZES if args.quick else {k: bench_rlg.SIZES[k] for k in args.sizes.split(",")}
     print(f"machine: {bench_rlg.machine()}")
+    rows = []
     for size in sizes:
-        measure(size, sizes, args.reps)
+        rows += measure(size, sizes, args.reps)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"CSV: {args.csv}")
 
 
 if __name__ == "__main__":

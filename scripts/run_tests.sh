@@ -57,6 +57,19 @@ else
   summary+=("front-end 1.58.1                     FAILED (install)"); failed=1
 fi
 
+# The GPU check's dry run: the one command a lent GPU machine runs (scripts/gpu_check.sh over the prepared
+# .gpu-carry/), on the CPU with the tiny size, so that it cannot rot between GPU loans (README "GPU check").
+if [[ -f "$SHARED/hosts/comfyui-0.33.0.tar.gz" ]]; then
+  printf '\n==== GPU check, dry run on the CPU ====\n'
+  start=$SECONDS
+  if RLG_SHARED_DIR="$SHARED" bash scripts/gpu_dry_run.sh; then rc=0; else rc=$?; fi
+  summary+=("$(printf '%-36s %s in %ss' "GPU check dry run (CPU)" "$([[ $rc == 0 ]] && echo passed || echo "FAILED (exit $rc)")" \
+    $((SECONDS - start)))")
+  [[ $rc == 0 ]] || failed=1
+else
+  summary+=("$(printf '%-36s skipped: no %s' "GPU check dry run (CPU)" "$SHARED/hosts/comfyui-0.33.0.tar.gz")")
+fi
+
 printf '\n==== test matrix ====\n'
 printf '%s\n' "${summary[@]}"
 exit $failed
