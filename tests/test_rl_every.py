@@ -195,36 +195,41 @@ def test_two_runs_share_nothing_and_an_interrupted_run_leaves_nothing():
 
 
 def test_two_threads_sampling_at_once_keep_their_own_estimates():
-    base, rl = _pair("lora")
-    patched = h.rlg(base, rl, 2.0, 0.0, 1.0, rl_every=2)
-    alone = {seed: h.ksample(patched, steps=6, seed=seed, batch=1 + seed % 2) for seed in (4, 5)}
+    """One RLG wrapper (one node's output) sampled by two threads at once, step for step: each run keeps its own
+    estimates. Each thread samples its own loaded copy of the base: ComfyUI keeps per-model state of its own
+    (model.current_patcher, which a run's cleanup resets) that is not made for two runs of one model at once."""
+    patched = h.rlg(*_pair("lora"), 2.0, 0.0, 1.0, rl_every=2)
+    wrapper = h.rlg_wrapper(patched)
     barrier = threading.Barrier(2, timeout=60)
-    arrived = set()
 
     def meet(executor, *args, **kwargs):  # both threads inside a step before either goes on, every step
         barrier.wait()
         return executor(*args, **kwargs)
 
-    racing = patched.clone()
-    racing.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "test_barrier", meet)
+    models = {4: patched.clone(), 5: h.load_model("sd3")}
+    # the second copy: another module, the same wrapper (its LoRA layers are looked up on the running module)
+    models[5].add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "rlg", wrapper)
+    alone = {seed: h.ksample(model, steps=6, seed=seed, batch=1 + seed % 2) for seed, model in models.items()}
     results, errors = {}, []
 
     def run(seed):
         try:
             with torch.inference_mode():
-                results[seed] = h.ksample(racing, steps=6, seed=seed, batch=1 + seed % 2)
-            arrived.add(seed)
+                results[seed] = h.ksample(models[seed], steps=6, seed=seed, batch=1 + seed % 2)
         except Exception as err:  # noqa: BLE001  (reported by the assertion below)
             errors.append(err)
 
-    threads = [threading.Thread(target=run, args=(seed,)) for seed in (4, 5)]
+    for model in models.values():
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "test_barrier", meet)
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in models]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert not errors and arrived == {4, 5}, errors
-    for seed in (4, 5):
+    assert not errors and set(results) == {4, 5}, errors
+    for seed in models:
         assert h.max_diff(results[seed], alone[seed]) <= 1e-5, seed
+    assert h.max_diff(alone[4][:1], alone[5][:1]) > 1e-3  # two different runs, not one result twice
 
 
 def test_sweep_rows_with_rl_every_are_each_scale_with_rl_every():
