@@ -12,6 +12,7 @@ import safetensors.torch
 from . import sampling as h
 from . import tiny_families as tf
 from . import tiny_models as tm
+from .frontend import write_settings
 from .host import ROOT
 from .server import ComfyServer
 
@@ -26,6 +27,18 @@ WAN_REWARD_LORAS = {"Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors": "wan2.2
                                                                         ".safetensors",
                     "Wan2.2-Fun-A14B-InP-low-noise-HPS2.1.safetensors": "wan2.2_fun_inpaint_low_noise_14B_fp8_scaled"
                                                                        ".safetensors"}
+
+
+# The new families' workflows (Z-Image, FLUX.2, HunyuanVideo 1.5, LTX-Video): names for the /object_info check.
+FAMILY_PLACEHOLDERS = (
+    "diffusion_models/z_image_turbo_bf16.safetensors", "clip/qwen_3_4b.safetensors",
+    "loras/z_image_turbo_rl/adapter_model.safetensors",
+    "diffusion_models/flux2_dev_fp8mixed.safetensors", "clip/mistral_3_small_flux2_bf16.safetensors",
+    "vae/flux2-vae.safetensors", "loras/flux2_dev_rl/adapter_model.safetensors",
+    "diffusion_models/hunyuanvideo1.5_720p_t2v_fp16.safetensors", "clip/byt5_small_glyphxl_fp16.safetensors",
+    "vae/hunyuanvideo15_vae_fp16.safetensors", "loras/hunyuanvideo1.5_rl_lora.safetensors",
+    "checkpoints/ltx-video-2b-v0.9.safetensors", "loras/ltxv_rl_lora.safetensors",
+)
 
 
 def _model_files(models: Path) -> None:
@@ -61,7 +74,8 @@ def _model_files(models: Path) -> None:
                         "diffusion_models/qwen_image_edit_fp8_e4m3fn.safetensors",
                         "loras/arr_rpo_qwen_image_edit/adapter_model.safetensors",
                         "clip/qwen_2.5_vl_7b_fp8_scaled.safetensors", "clip/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                        "vae/ae.safetensors", "vae/qwen_image_vae.safetensors", "vae/wan_2.1_vae.safetensors"):
+                        "vae/ae.safetensors", "vae/qwen_image_vae.safetensors", "vae/wan_2.1_vae.safetensors",
+                        *FAMILY_PLACEHOLDERS):
         (models / placeholder).parent.mkdir(parents=True, exist_ok=True)
         (models / placeholder).write_bytes(b"")  # listed for validation only, never loaded
 
@@ -75,6 +89,7 @@ def start_workflow_server(work: Path) -> ComfyServer:
     image = Image.new("RGBA", (64, 64), (200, 120, 40, 255))
     image.paste((0, 0, 0, 0), (16, 16, 48, 48))  # transparent square = the inpainting mask
     image.save(work / "input" / "example.png")
+    write_settings(work / "user")
     config = work / "extra_model_paths.yaml"
     config.write_text(f"t:\n  base_path: {models}\n  checkpoints: checkpoints\n  diffusion_models: diffusion_models\n"
                       f"  loras: loras\n  clip: clip\n  vae: vae\n"

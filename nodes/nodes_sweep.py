@@ -84,7 +84,7 @@ class RLGScaleSweep(io.ComfyNode):
                 io.Latent.Output(tooltip=(
                     "One row per scale (n rows per scale for a batch of n), each starting from the noise a batch-1 run "
                     "with the same seed would use; connect it to the same sampler.")),
-                io.String.Output("scales", display_name="scales", tooltip=(
+                io.String.Output("scales_out", display_name="scales", tooltip=(
                     "The scales swept, in order: connect it to RLG Sweep Grid's sweep_scales, so one list labels the "
                     "grid.")),
             ],
