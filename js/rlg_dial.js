@@ -69,7 +69,7 @@ function outsideOf(outside, kind) {
 
 export function describeWindow(start, end, outside = "RL model", kind = "RLGApply") {
   if (start === 0 && end === 1) return "blends every step";
-  return `blends ${percent(start)}-${percent(end)} of the steps, ${outsideOf(outside, kind)}`;
+  return `blends ${Math.round(start * 100)}-${percent(end)} of the steps, ${outsideOf(outside, kind)}`;
 }
 
 function windowError(start, end) {
