@@ -34,6 +34,12 @@ def write_settings(user_dir: Path, settings: dict | None = None) -> Path:
     return path
 
 
+def reset_settings(server) -> None:
+    """Back to the test user's settings: the front-end saves what a test changes (an open side panel, a dialog's
+    "don't show again") on the server, where the next test's page would find it."""
+    write_settings(Path(server.work_dir) / "user")
+
+
 @contextlib.contextmanager
 def chromium() -> Iterator:
     """Headless Chromium (playwright's Browser); new_context() gives each test a fresh user."""

@@ -43,13 +43,15 @@ def chromium():
 
 @pytest.fixture
 def page(workflow_server, chromium):
-    from harness.frontend import new_context, open_page
+    from harness.frontend import new_context, open_page, reset_settings
 
+    reset_settings(workflow_server)
     context = new_context(chromium)
     try:
         yield open_page(context, workflow_server.url)
     finally:
         context.close()
+        reset_settings(workflow_server)  # what the test opened (the errors panel) stays on the server otherwise
 
 
 LOAD = "async (wf) => { await app.loadGraphData(wf); }"

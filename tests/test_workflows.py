@@ -113,7 +113,9 @@ def _schema_check_is_on(page) -> None:
 @pytest.mark.server
 @pytest.mark.frontend
 def test_ui_workflows_convert_to_their_api_twins_in_the_front_end(workflow_server):
-    from harness.frontend import browser_page
+    from harness.frontend import browser_page, reset_settings
+
+    reset_settings(workflow_server)
 
     info = workflow_server.get("/object_info")
     with browser_page(workflow_server.url) as page:
@@ -180,7 +182,9 @@ def _default(info: dict, node_type: str, key: str, inputs: dict):
 @pytest.mark.server
 @pytest.mark.frontend
 def test_workflows_saved_before_the_new_widgets_load_with_their_values(workflow_server):
-    from harness.frontend import browser_page
+    from harness.frontend import browser_page, reset_settings
+
+    reset_settings(workflow_server)
 
     assert LEGACY
     info = workflow_server.get("/object_info")
