@@ -323,3 +323,37 @@ def _run_stand_in(server, api_graph: dict, name: str, prefix: str) -> torch.Tens
     (save_id,) = [k for k, v in graph.items() if v["class_type"] == "SaveLatent"]
     (info,) = entry["outputs"][save_id]["latents"]
     return safetensors.torch.load_file(server.output_dir / info["subfolder"] / info["filename"])["latent_tensor"]
+
+
+# The sweep workflows as saved before the sweep's list was typed once (the grid had its own list, required).
+LEGACY_SWEEP_DIR = Path(__file__).resolve().parent / "legacy_sweep_workflows"
+LEGACY_SWEEPS = sorted(p.name.removesuffix(".ui.json") for p in LEGACY_SWEEP_DIR.glob("*.ui.json"))
+
+
+@pytest.mark.server
+@pytest.mark.frontend
+def test_sweep_workflows_saved_before_load_with_the_grids_own_list(workflow_server):
+    """They load as they were: the grid keeps its typed list, nothing is connected to its new sweep_scales input
+    (the server compares the two lists when the prompt is queued)."""
+    from harness.frontend import browser_page, reset_settings
+
+    reset_settings(workflow_server)
+    assert LEGACY_SWEEPS
+    with browser_page(workflow_server.url) as page:
+        for name in LEGACY_SWEEPS:
+            old = json.loads((LEGACY_SWEEP_DIR / f"{name}.api.json").read_text())
+            output, rejected = _load(page, json.loads((LEGACY_SWEEP_DIR / f"{name}.ui.json").read_text()))
+            assert not rejected, name
+            assert set(output) == set(old), name
+            for node_id, node in old.items():
+                for key, value in node["inputs"].items():
+                    assert output[node_id]["inputs"][key] == value, (name, node["class_type"], key)
+            (grid,) = [n for n in output.values() if n["class_type"] == "RLGSweepGrid"]
+            assert "sweep_scales" not in grid["inputs"] and grid["inputs"]["scales"], grid
+
+
+@pytest.mark.server
+def test_sweep_workflow_saved_before_runs_with_its_own_list(workflow_server):
+    old = json.loads((LEGACY_SWEEP_DIR / "rlg_sd35_flowgrpo_sweep.api.json").read_text())
+    latent = _run_stand_in(workflow_server, old, "rlg_sd35_flowgrpo_sweep", "legacy_sweep/old")
+    assert latent.shape[0] == 5  # one row per scale of its list
