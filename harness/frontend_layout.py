@@ -124,5 +124,8 @@ def open_template(launched, server, name: str, node_count: int, viewport=(1600, 
     context = new_context(launched, viewport)
     page = open_page(context, f"{server.url}/?template={name}&source={PACK}")
     page.wait_for_function(SETTLED, arg=node_count, timeout=60_000)
-    page.wait_for_timeout(800)  # the fitted view is applied on the next frames
+    # The front-end blocks the page while it loads (a PrimeVue block-UI mask); then the fitted view is applied on
+    # the next frames.
+    page.wait_for_function("!document.querySelector('.p-blockui-mask')", timeout=60_000)
+    page.wait_for_timeout(800)
     return context, page
