@@ -41,6 +41,38 @@ FAMILY_PLACEHOLDERS = (
 )
 
 
+# The next families' workflows that run end to end with tiny files of their names, where the harness has the
+# families' by-file stand-ins (harness.tiny_families.file_state_dict) and this host reads them back:
+# {family: (workflow, diffusion-model file, RL LoRA file)}. The LTX-Video workflow loads its checkpoint with
+# CheckpointLoaderSimple (the VAE is inside); its stand-in is a diffusion-model file of the same name.
+FILE_STAND_INS = {
+    "hunyuan_video15": ("rlg_hunyuanvideo15_rl_lora", "hunyuanvideo1.5_720p_t2v_fp16.safetensors",
+                        "hunyuanvideo1.5_rl_lora.safetensors"),
+    "ltxv": ("rlg_ltxv_rl_lora", "ltx-video-2b-v0.9.safetensors", "ltxv_rl_lora.safetensors"),
+    "flux2": ("rlg_flux2_dev_rl_lora", "flux2_dev_fp8mixed.safetensors", "flux2_dev_rl/adapter_model.safetensors"),
+}
+
+
+def file_stand_in_missing(family: str) -> str | None:
+    """Why the family's workflow cannot run here with tiny files, or None where it can."""
+    if not hasattr(tf, "file_state_dict"):
+        return "harness/tiny_families.py has no by-file stand-ins of the next families in this checkout yet"
+    return tf.file_missing(family)
+
+
+def _family_files(models: Path, save) -> None:
+    """Tiny files, with their RL LoRAs (kohya names, which ComfyUI maps for every family), where they load."""
+    for seed, (family, (_, model_file, lora_file)) in enumerate(FILE_STAND_INS.items(), start=20):
+        if file_stand_in_missing(family):
+            continue
+        state_dict, metadata = tf.file_state_dict(family, seed)
+        path = models / "diffusion_models" / model_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_file(state_dict, path, metadata=metadata)
+        model = comfy.sd.load_diffusion_model(str(path))
+        save(tf.module_lora(model, seed + 1, "kohya", alpha=4.0), models / "loras" / lora_file)
+
+
 def _model_files(models: Path) -> None:
     """Stand-ins with the workflows' file names: tiny real models where the family allows, else empty files."""
     def save(sd, path):
@@ -78,6 +110,7 @@ def _model_files(models: Path) -> None:
                         *FAMILY_PLACEHOLDERS):
         (models / placeholder).parent.mkdir(parents=True, exist_ok=True)
         (models / placeholder).write_bytes(b"")  # listed for validation only, never loaded
+    _family_files(models, save)
 
 
 def start_workflow_server(work: Path) -> ComfyServer:
