@@ -283,7 +283,7 @@ api.addEventListener("rlg.warning", (event) => {
   const { node: id, text } = event.detail ?? {};
   toast("RLG", text);
   for (const node of id == null ? [] : nodesWithId(id)) {
-    node.rlgServerWarning = String(text).split(":")[0];
+    node.rlgServerWarning = String(text).split(" (")[0];  // "rl_model is model: RLG has no effect"
     refresh(node);
   }
 });
