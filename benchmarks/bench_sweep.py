@@ -52,7 +52,7 @@ def measure(size: str, sizes: dict, reps: int) -> list[dict]:
     batch = {"samples": one["samples"].repeat(k, 1, 1, 1), "batch_index": [0] * k}
     cases = {}
     for form, rl in (("full", bench.rl), ("lora", bench.lora)):
-        sweep_model, swept = RLGScaleSweep.execute(bench.base, rl, one, scales, 0.0, 1.0).args
+        sweep_model, swept, _ = RLGScaleSweep.execute(bench.base, rl, one, scales, 0.0, 1.0).args
         cases[f"{form}: sweep of {k} scales"] = (sample, sweep_model, swept)
         cases[f"{form}: {k} single runs"] = (lambda rl, _: singles(rl), rl, None)
         cases[f"{form}: one RLG run at batch {k}"] = (sample, rlg(bench.base, rl, 1.5, 0.0, 1.0), batch)

@@ -12,6 +12,7 @@ import safetensors.torch
 from . import sampling as h
 from . import tiny_families as tf
 from . import tiny_models as tm
+from .frontend import write_settings
 from .host import ROOT
 from .server import ComfyServer
 
@@ -26,6 +27,50 @@ WAN_REWARD_LORAS = {"Wan2.2-Fun-A14B-InP-high-noise-HPS2.1.safetensors": "wan2.2
                                                                         ".safetensors",
                     "Wan2.2-Fun-A14B-InP-low-noise-HPS2.1.safetensors": "wan2.2_fun_inpaint_low_noise_14B_fp8_scaled"
                                                                        ".safetensors"}
+
+
+# The new families' workflows (Z-Image, FLUX.2, HunyuanVideo 1.5, LTX-Video): names for the /object_info check.
+FAMILY_PLACEHOLDERS = (
+    "diffusion_models/z_image_turbo_bf16.safetensors", "clip/qwen_3_4b.safetensors",
+    "loras/z_image_turbo_rl/adapter_model.safetensors",
+    "diffusion_models/flux2_dev_fp8mixed.safetensors", "clip/mistral_3_small_flux2_bf16.safetensors",
+    "vae/flux2-vae.safetensors", "loras/flux2_dev_rl/adapter_model.safetensors",
+    "diffusion_models/hunyuanvideo1.5_720p_t2v_fp16.safetensors", "clip/byt5_small_glyphxl_fp16.safetensors",
+    "vae/hunyuanvideo15_vae_fp16.safetensors", "loras/hunyuanvideo1.5_rl_lora.safetensors",
+    "checkpoints/ltx-video-2b-v0.9.safetensors", "loras/ltxv_rl_lora.safetensors",
+)
+
+
+# The next families' workflows that run end to end with tiny files of their names, where the harness has the
+# families' by-file stand-ins (harness.tiny_families.file_state_dict) and this host reads them back:
+# {family: (workflow, diffusion-model file, RL LoRA file)}. The LTX-Video workflow loads its checkpoint with
+# CheckpointLoaderSimple (the VAE is inside); its stand-in is a diffusion-model file of the same name.
+FILE_STAND_INS = {
+    "hunyuan_video15": ("rlg_hunyuanvideo15_rl_lora", "hunyuanvideo1.5_720p_t2v_fp16.safetensors",
+                        "hunyuanvideo1.5_rl_lora.safetensors"),
+    "ltxv": ("rlg_ltxv_rl_lora", "ltx-video-2b-v0.9.safetensors", "ltxv_rl_lora.safetensors"),
+    "flux2": ("rlg_flux2_dev_rl_lora", "flux2_dev_fp8mixed.safetensors", "flux2_dev_rl/adapter_model.safetensors"),
+}
+
+
+def file_stand_in_missing(family: str) -> str | None:
+    """Why the family's workflow cannot run here with tiny files, or None where it can."""
+    if not hasattr(tf, "file_state_dict"):
+        return "harness/tiny_families.py has no by-file stand-ins of the next families in this checkout yet"
+    return tf.file_missing(family)
+
+
+def _family_files(models: Path, save) -> None:
+    """Tiny files, with their RL LoRAs (kohya names, which ComfyUI maps for every family), where they load."""
+    for seed, (family, (_, model_file, lora_file)) in enumerate(FILE_STAND_INS.items(), start=20):
+        if file_stand_in_missing(family):
+            continue
+        state_dict, metadata = tf.file_state_dict(family, seed)
+        path = models / "diffusion_models" / model_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_file(state_dict, path, metadata=metadata)
+        model = comfy.sd.load_diffusion_model(str(path))
+        save(tf.module_lora(model, seed + 1, "kohya", alpha=4.0), models / "loras" / lora_file)
 
 
 def _model_files(models: Path) -> None:
@@ -61,9 +106,11 @@ def _model_files(models: Path) -> None:
                         "diffusion_models/qwen_image_edit_fp8_e4m3fn.safetensors",
                         "loras/arr_rpo_qwen_image_edit/adapter_model.safetensors",
                         "clip/qwen_2.5_vl_7b_fp8_scaled.safetensors", "clip/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                        "vae/ae.safetensors", "vae/qwen_image_vae.safetensors", "vae/wan_2.1_vae.safetensors"):
+                        "vae/ae.safetensors", "vae/qwen_image_vae.safetensors", "vae/wan_2.1_vae.safetensors",
+                        *FAMILY_PLACEHOLDERS):
         (models / placeholder).parent.mkdir(parents=True, exist_ok=True)
         (models / placeholder).write_bytes(b"")  # listed for validation only, never loaded
+    _family_files(models, save)
 
 
 def start_workflow_server(work: Path) -> ComfyServer:
@@ -75,6 +122,7 @@ def start_workflow_server(work: Path) -> ComfyServer:
     image = Image.new("RGBA", (64, 64), (200, 120, 40, 255))
     image.paste((0, 0, 0, 0), (16, 16, 48, 48))  # transparent square = the inpainting mask
     image.save(work / "input" / "example.png")
+    write_settings(work / "user")
     config = work / "extra_model_paths.yaml"
     config.write_text(f"t:\n  base_path: {models}\n  checkpoints: checkpoints\n  diffusion_models: diffusion_models\n"
                       f"  loras: loras\n  clip: clip\n  vae: vae\n"

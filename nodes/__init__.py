@@ -5,6 +5,7 @@ Where things are, top down (each layer imports only the ones below it):
   nodes            nodes_rlg.py     RLG Apply, RLG Guider (one RL model)
                    nodes_multi.py   RLG RL Model, RLG Apply / Guider (several RL models)
                    nodes_sweep.py   RLG Scale Sweep, RLG Sweep Grid (sweep_grid.py draws the grid)
+                   server_hooks.py  the running server: the sweep grid's queue-time list, warnings to the front-end
                    nodes_lora.py    Load LoRA (PEFT aware)
                    widgets.py       the widgets the nodes share, with their limits and tooltips
   apply            apply.py         attach_rlg(): puts RLG on a model; every node, test and benchmark uses it
@@ -29,11 +30,13 @@ from .nodes_lora import RLGLoraLoaderModelOnly
 from .nodes_multi import NODES as MULTI_NODES
 from .nodes_rlg import NODES
 from .nodes_sweep import NODES as SWEEP_NODES
+from .server_hooks import register
 
 
 class RLGExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        register()  # on every host (0.3.75 and 0.8.0 never call on_load); a no-op without a running server
         return [*NODES, *MULTI_NODES, *SWEEP_NODES, RLGLoraLoaderModelOnly]
 
 

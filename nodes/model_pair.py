@@ -126,10 +126,10 @@ class RLModelPair:
 def _divergent_message(err: DivergentPatchesError, rl_input: str) -> str:
     keys = (err.missing_in_rl + err.changed)[:3]
     return (
-        f"{rl_input} shares model's weights but is not model plus extra patches: model has weight "
-        f"patches (for example on {', '.join(keys)}) that {rl_input} lacks. RLG blends model with "
-        f"'model + RL LoRA', so load the RL LoRA after model's own LoRAs (model -> your LoRAs -> RL "
-        f"LoRA -> {rl_input}), or check that model and {rl_input} are not swapped."
+        f"model and {rl_input} look swapped, or {rl_input} is not model plus the RL LoRA: the RL LoRA goes to "
+        f"{rl_input}, loaded after model's own LoRAs (model -> your LoRAs, if any -> RL LoRA loader -> "
+        f"{rl_input}). (Details: {rl_input} shares model's weights but lacks weight patches that "
+        f"model has, for example on {', '.join(keys)}.)"
     )
 
 

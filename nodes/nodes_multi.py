@@ -8,9 +8,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .apply import attach_rlg
-from .nodes_rlg import CATEGORY, cfg_guider
+from .nodes_rlg import CATEGORY, cfg_guider, warn_if_same_model
 from .settings import OutsideWindow, RLGSettings
-from .widgets import cfg_input, outside_window_input, ramp_inputs, rl_every_input, term_inputs
+from .widgets import cfg_input, outside_window_input, ramp_inputs, rl_every_input, term_inputs, validate_window
 
 RLModels = io.Custom("RLG_RL_MODELS")
 
@@ -50,12 +50,21 @@ class RLGRLModel(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, start_percent=None, end_percent=None):
+        return validate_window(start_percent, end_percent)
+
+    @classmethod
     def execute(cls, rl_model, rlg_scale, start_percent, end_percent, schedule="constant", end_scale=1.0,
                 rl_cfg=0.0, rl_models=None, outside_window=OutsideWindow.OFF.value, rl_every=1) -> io.NodeOutput:
         # Checked here, by this node, not later by the Apply node as "RL model <i>".
         settings = RLGSettings.from_widgets(rlg_scale, start_percent, end_percent, schedule, end_scale, rl_cfg,
                                             outside_window, rl_every)
         return io.NodeOutput((*(rl_models or ()), (rl_model, settings)))  # a new tuple: the input list stays as it was
+
+
+def _warn_if_base_among(cls, model, rl_models) -> None:
+    for i, (rl_model, _) in enumerate(rl_models or (), start=1):
+        warn_if_same_model(cls, model, rl_model, f"rl_models (RL model {i})")
 
 
 def _base_input() -> io.Model.Input:
@@ -76,10 +85,12 @@ class RLGApplyMulti(io.ComfyNode):
             ),
             inputs=[_base_input(), RLModels.Input("rl_models", tooltip=_RL_MODELS_TOOLTIP)],
             outputs=[io.Model.Output(tooltip="The base model with RLG attached; use it like any model.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, rl_models) -> io.NodeOutput:
+        _warn_if_base_among(cls, model, rl_models)
         return io.NodeOutput(attach_rlg(model, list(rl_models or ()), rl_input="rl_models"))
 
 
@@ -102,10 +113,12 @@ class RLGGuiderMulti(io.ComfyNode):
                 cfg_input(),
             ],
             outputs=[io.Guider.Output(tooltip="Connect to SamplerCustomAdvanced.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, rl_models, positive, negative, cfg) -> io.NodeOutput:
+        _warn_if_base_among(cls, model, rl_models)
         patched = attach_rlg(model, list(rl_models or ()), rl_input="rl_models")
         return io.NodeOutput(cfg_guider(patched, positive, negative, cfg))
 

@@ -6,8 +6,9 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from .apply import attach_rlg
+from .server_hooks import warn
 from .settings import OutsideWindow, RLGSettings
-from .widgets import cfg_input, outside_window_input, ramp_inputs, rl_every_input, term_inputs
+from .widgets import cfg_input, outside_window_input, ramp_inputs, rl_every_input, term_inputs, validate_window
 
 CATEGORY = "model_patches/rlg"
 
@@ -24,6 +25,15 @@ _RL_MODEL_TOOLTIP = (
 
 def pair_inputs() -> list:
     return [io.Model.Input("model", tooltip=_MODEL_TOOLTIP), io.Model.Input("rl_model", tooltip=_RL_MODEL_TOOLTIP)]
+
+
+def warn_if_same_model(cls, model, rl_model, rl_input: str = "rl_model") -> None:
+    """The very same model in both inputs is allowed (RLG then runs the base alone), but the user should know."""
+    if rl_model is model:
+        warn(getattr(getattr(cls, "hidden", None), "unique_id", None),
+             f"{rl_input} is model: {'RLG has' if rl_input == 'rl_model' else 'that RL model has'} no effect (the "
+             f"base model alone at every rlg_scale). Connect the RL model to {rl_input}: model through the RL LoRA "
+             "loader, or the RL checkpoint.")
 
 
 def one_model_inputs() -> list:
@@ -45,13 +55,19 @@ class RLGApply(io.ComfyNode):
             ),
             inputs=[*pair_inputs(), *one_model_inputs()],
             outputs=[io.Model.Output(tooltip="The base model with RLG attached; use it like any model.")],
+            hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, start_percent=None, end_percent=None):
+        return validate_window(start_percent, end_percent)
 
     @classmethod
     def execute(cls, model, rl_model, rlg_scale, start_percent, end_percent, schedule="constant", end_scale=1.0,
                 rl_cfg=0.0, outside_window=OutsideWindow.RL_MODEL.value, rl_every=1) -> io.NodeOutput:
         settings = RLGSettings.from_widgets(rlg_scale, start_percent, end_percent, schedule, end_scale, rl_cfg,
                                             outside_window, rl_every)
+        warn_if_same_model(cls, model, rl_model)
         return io.NodeOutput(attach_rlg(model, [(rl_model, settings)]))
 
 
@@ -74,7 +90,12 @@ class RLGGuider(io.ComfyNode):
                 *one_model_inputs(),
             ],
             outputs=[io.Guider.Output(tooltip="Connect to SamplerCustomAdvanced.")],
+            hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, start_percent=None, end_percent=None):
+        return validate_window(start_percent, end_percent)
 
     @classmethod
     def execute(cls, model, rl_model, positive, negative, cfg, rlg_scale, start_percent, end_percent,
@@ -82,6 +103,7 @@ class RLGGuider(io.ComfyNode):
                 rl_every=1) -> io.NodeOutput:
         settings = RLGSettings.from_widgets(rlg_scale, start_percent, end_percent, schedule, end_scale, rl_cfg,
                                             outside_window, rl_every)
+        warn_if_same_model(cls, model, rl_model)
         return io.NodeOutput(cfg_guider(attach_rlg(model, [(rl_model, settings)]), positive, negative, cfg))
 
 

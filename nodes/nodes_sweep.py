@@ -12,22 +12,40 @@ from comfy_api.latest import io
 
 from .apply import attach_rlg
 from .errors import RLGInputError
-from .nodes_rlg import CATEGORY
+from .nodes_rlg import CATEGORY, warn_if_same_model
 from .settings import OutsideWindow, RLGSettings, parse_scales
 from .sweep_grid import scale_label, sweep_grid
-from .widgets import rl_every_input, window_inputs
+from .widgets import rl_every_input, validate_window, window_inputs
 
 _SCALES_TOOLTIP = (
     "The rlg_scale values to compare, separated by commas (for example 0, 0.5, 1, 1.5, 2, 3). 0 = base model, "
     "1 = RL model, above 1 = stronger alignment."
 )
+_GRID_SCALES_TOOLTIP = (
+    "Leave empty: the columns are labelled from the RLG Scale Sweep (its scales output, connected to sweep_scales, "
+    "or the sweep whose images these are). A list typed here must be the sweep's own; a different one is refused "
+    "when the prompt is queued. Needed only for images that do not come from an RLG Scale Sweep."
+)
+_ABSENT = object()  # validate_inputs: an input not in the prompt (a linked one arrives as None)
+
+
+def _scale_list(text) -> list[float] | None:
+    """A typed list, parsed; None for an empty box (the grid's "take the sweep's list")."""
+    return parse_scales(text) if isinstance(text, str) and text.strip() else None
+
+
+def _values(values: list[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def _mismatch(own: list[float], swept: list[float]) -> str:
+    return (f"the grid's scales ({_values(own)}) differ from the scales the RLG Scale Sweep samples "
+            f"({_values(swept)}), so its labels would be wrong: clear the grid's scales box to label the columns from "
+            "the sweep, or type the same list there.")
 
 
 def _validate_scales(scales) -> bool | str:
-    """Refuse a bad list when the prompt is queued (a linked value is checked at execution).
-
-    validate_inputs names only `scales`: ComfyUI skips its own min/max checks for the inputs it names.
-    """
+    """Refuse a bad list when the prompt is queued (a linked value is checked at execution)."""
     try:
         if isinstance(scales, str):
             parse_scales(scales)
@@ -66,16 +84,23 @@ class RLGScaleSweep(io.ComfyNode):
                 io.Latent.Output(tooltip=(
                     "One row per scale (n rows per scale for a batch of n), each starting from the noise a batch-1 run "
                     "with the same seed would use; connect it to the same sampler.")),
+                io.String.Output("scales_out", display_name="scales", tooltip=(
+                    "The scales swept, in order: connect it to RLG Sweep Grid's sweep_scales, so one list labels the "
+                    "grid.")),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def validate_inputs(cls, scales=None):
-        return _validate_scales(scales)
+    def validate_inputs(cls, scales=None, start_percent=None, end_percent=None):
+        # Naming an input here switches off ComfyUI's own range check for it: validate_window checks the range.
+        checked = _validate_scales(scales)
+        return checked if checked is not True else validate_window(start_percent, end_percent)
 
     @classmethod
     def execute(cls, model, rl_model, latent, scales, start_percent, end_percent, rl_every=1) -> io.NodeOutput:
         values = parse_scales(scales)
+        warn_if_same_model(cls, model, rl_model)
         samples = latent["samples"]
         per_scale = samples.shape[0]
         out = dict(latent)
@@ -90,7 +115,7 @@ class RLGScaleSweep(io.ComfyNode):
         settings = RLGSettings(rows, start_percent, end_percent, outside_window=OutsideWindow.RL_MODEL,
                                rl_every=int(rl_every))
         patched = attach_rlg(model, [(rl_model, settings)])
-        return io.NodeOutput(patched, out)
+        return io.NodeOutput(patched, out, _values(values))
 
 
 class RLGSweepGrid(io.ComfyNode):
@@ -100,26 +125,52 @@ class RLGSweepGrid(io.ComfyNode):
             node_id="RLGSweepGrid",
             display_name="RLG Sweep Grid",
             category=CATEGORY,
-            description="Lays out the decoded images of an RLG Scale Sweep as one picture, the scale under each image.",
+            description=(
+                "Lays out the decoded images of an RLG Scale Sweep as one picture, the scale under each image. The "
+                "labels come from the sweep: connect its scales output to sweep_scales."),
             inputs=[
                 io.Image.Input("images", tooltip="The decoded images of the sweep (VAE Decode of the sampled latent)."),
-                io.String.Input("scales", default="0, 0.5, 1, 1.5, 2, 3",
-                                tooltip="The same list as on RLG Scale Sweep: one column per scale, labelled."),
+                # Optional and after images, so workflows saved with a typed list load with it in place.
+                io.String.Input("scales", default="", optional=True, tooltip=_GRID_SCALES_TOOLTIP),
+                io.String.Input("sweep_scales", optional=True, force_input=True,
+                                tooltip="RLG Scale Sweep's scales output: the grid's labels."),
             ],
             outputs=[io.Image.Output(tooltip="One picture: a column per scale, its value written under each image.")],
         )
 
     @classmethod
-    def validate_inputs(cls, scales=None):
-        return _validate_scales(scales)
+    def validate_inputs(cls, scales=None, sweep_scales=_ABSENT):
+        """The typed list against the sweep's, when the prompt is queued.
+
+        sweep_scales is the sweep's literal list where the server's queue-time step (nodes/server_hooks.py) found
+        it; None where it is linked to a value known only at run time; _ABSENT where nothing gives one.
+        """
+        try:
+            own = _scale_list(scales)
+            swept = _scale_list(sweep_scales) if isinstance(sweep_scales, str) else None
+        except RLGInputError as err:
+            return str(err)
+        if own is not None and swept is not None and own != swept:
+            return _mismatch(own, swept)
+        if own is None and sweep_scales is _ABSENT:
+            return ("scales is empty and nothing gives the grid its labels: connect RLG Scale Sweep's scales output "
+                    "to sweep_scales (the images should be that sweep's), or type the list in scales.")
+        return True
 
     @classmethod
-    def execute(cls, images, scales) -> io.NodeOutput:
-        values = parse_scales(scales)
+    def execute(cls, images, scales="", sweep_scales=None) -> io.NodeOutput:
+        own, swept = _scale_list(scales), _scale_list(sweep_scales)
+        if own is not None and swept is not None and own != swept:
+            raise RLGInputError(_mismatch(own, swept))
+        values = swept or own
+        if values is None:
+            raise RLGInputError("scales is empty and sweep_scales is not connected: connect RLG Scale Sweep's scales "
+                                "output to sweep_scales, or type the list in scales.")
         if images.shape[0] % len(values):
             raise RLGInputError(
-                f"images has {images.shape[0]} images but scales lists {len(values)} values; connect the images "
-                "decoded from the RLG Scale Sweep's latent and give the same scales list as on that node.")
+                f"images has {images.shape[0]} images but {'sweep_scales' if swept else 'scales'} lists {len(values)} "
+                "values; connect the images decoded from the RLG Scale Sweep's latent, and its scales output to "
+                "sweep_scales.")
         return io.NodeOutput(sweep_grid(images, [scale_label(v) for v in values]))
 
 

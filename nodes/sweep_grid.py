@@ -17,7 +17,12 @@ TEXT = (235, 235, 235)
 
 
 def scale_label(scale: float) -> str:
-    return f"w = {scale:g}"
+    return f"rlg_scale {scale:g}"
+
+
+def _fitted(label: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
+    """The label, or its last word (the value alone) where the whole label is wider than the image."""
+    return label if draw.textlength(label, font=font) <= width else label.split()[-1]
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -46,6 +51,7 @@ def sweep_grid(images: torch.Tensor, labels: Sequence[str], gap: int = 4) -> tor
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)
     for i, label in enumerate(labels):
+        label = _fitted(label, draw, font, width)
         for j in range(per_label):
             x, y = gap + i * cell_w, gap + j * cell_h
             canvas.paste(Image.fromarray(pixels[i * per_label + j]), (x, y))

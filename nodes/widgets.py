@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .settings import CFG, PERCENT, RL_EVERY, SCALE, OutsideWindow, Schedule
+from .errors import RLGInputError
+from .settings import CFG, PERCENT, RL_EVERY, SCALE, OutsideWindow, Schedule, check_window
 
 _SCALE_TOOLTIP = (
     "How strongly to follow what RL fine-tuning taught. 0 = base model, 1 = RL model, between 0 and 1 "
@@ -81,3 +82,20 @@ def rl_every_input() -> io.Int.Input:
 def cfg_input() -> io.Float.Input:
     return io.Float.Input("cfg", default=4.5, min=CFG.low, max=CFG.high, step=0.1, round=0.01,
                           tooltip="Classifier-free guidance scale (the base's; see rl_cfg for the RL branch).")
+
+
+def validate_window(start_percent=None, end_percent=None) -> bool | str:
+    """The window's check when the prompt is queued, before anything runs (a node's validate_inputs).
+
+    A linked value arrives as None and is checked when the node runs. A node that names start_percent and
+    end_percent in its validate_inputs switches off ComfyUI's own min / max check for them, so their range is
+    checked here too (check_window). ComfyUI shows the message once for each input the signature names.
+    """
+    try:
+        if start_percent is not None and end_percent is not None:
+            check_window(start_percent, end_percent)
+        elif start_percent is not None or end_percent is not None:
+            check_window(*((start_percent, PERCENT.high) if end_percent is None else (PERCENT.low, end_percent)))
+    except RLGInputError as err:
+        return str(err)
+    return True

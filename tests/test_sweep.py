@@ -33,7 +33,7 @@ def _ksampler(model, latent, sampler="euler", seed=11, steps=4, positive=None, n
 def test_each_row_equals_rlg_apply_at_its_scale(form, sampler):
     base, rl = _pair(form)
     latent = {"samples": h.latent("sd3", 1)}
-    model, swept = RLGScaleSweep.execute(base, rl, latent, SCALES, 0.1, 1.0).args
+    model, swept, _ = RLGScaleSweep.execute(base, rl, latent, SCALES, 0.1, 1.0).args
     assert swept["samples"].shape[0] == 6 and swept["batch_index"] == [0] * 6
     rows = _ksampler(model, swept, sampler)
     for i, scale in enumerate(parse_scales(SCALES)):
@@ -47,7 +47,7 @@ def test_sampler_custom_advanced_takes_the_sweep_as_it_is():
 
     base, rl = _pair("lora")
     positive, negative = h.conds("sd3")
-    model, swept = RLGScaleSweep.execute(base, rl, {"samples": h.latent("sd3", 1)}, "0, 2", 0.0, 1.0).args
+    model, swept, _ = RLGScaleSweep.execute(base, rl, {"samples": h.latent("sd3", 1)}, "0, 2", 0.0, 1.0).args
     guider = CFGGuider.execute(model, positive, negative, 3.5).args[0]
     sigmas = h.schedule(base, steps=4)
     out = SamplerCustomAdvanced.execute(Noise_RandomNoise(11), guider, comfy.samplers.sampler_object("euler"), sigmas,
@@ -63,7 +63,7 @@ def test_batch_of_two_gives_two_rows_per_scale():
     base, rl = _pair("full")
     positive, negative = h.conds("sd3", batch=2)
     latent = {"samples": h.latent("sd3", 2)}
-    model, swept = RLGScaleSweep.execute(base, rl, latent, "0.5, 2", 0.0, 1.0).args
+    model, swept, _ = RLGScaleSweep.execute(base, rl, latent, "0.5, 2", 0.0, 1.0).args
     assert swept["samples"].shape[0] == 4 and swept["batch_index"] == [0, 1, 0, 1]
     rows = _ksampler(model, swept, positive=positive, negative=negative)
     for i, scale in enumerate((0.5, 2.0)):
@@ -83,7 +83,7 @@ def test_bad_scale_lists_are_refused_before_sampling(bad):
 
 def test_sweep_model_with_another_latent_says_what_to_connect():
     base, rl = _pair("full")
-    model, _ = RLGScaleSweep.execute(base, rl, {"samples": h.latent("sd3", 1)}, SCALES, 0.0, 1.0).args
+    model, _, _ = RLGScaleSweep.execute(base, rl, {"samples": h.latent("sd3", 1)}, SCALES, 0.0, 1.0).args
     with pytest.raises(RLGRuntimeError, match="LATENT output"):
         _ksampler(model, {"samples": h.latent("sd3", 1)})
 

@@ -1,0 +1,96 @@
+"""The demo templates in the real front-end, as they open and after a queue: laid out for their pictures, and
+photographed for the README.
+
+The demo pair comes from RLG_DEMO_MODELS (a models folder with diffusion_models/ and loras/, as `make demo`
+writes it), else from the host's models folder when `make demo` has run, else it is trained here at a tiny size
+(seconds; its pictures are rougher). With RLG_WRITE_SCREENSHOTS=1 the pictures go to docs/frontend/ (the README's,
+taken on the newest front-end of the matrix); otherwise to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.frontend_layout import DRAWN, VISIBILITY, drawn_problems, hidden_nodes, open_template
+from harness.host import ROOT, comfy_dir
+
+pytestmark = [pytest.mark.server, pytest.mark.frontend]
+
+DEMO_TEMPLATES = {"rlg_demo": "PreviewImage", "rlg_demo_sweep": "PreviewImage"}
+DOCS = ROOT / "docs" / "frontend"
+DEMO_FILES = ("diffusion_models/rlg_demo_base.safetensors", "loras/rlg_demo_rl_lora.safetensors")
+
+
+def _demo_models(tmp: Path) -> Path:
+    for candidate in (os.environ.get("RLG_DEMO_MODELS"), comfy_dir() / "models"):
+        if candidate and all((Path(candidate) / f).exists() for f in DEMO_FILES):
+            return Path(candidate)
+    import torch
+
+    from demo import run_demo, train
+
+    tiny = train.TrainConfig(base_steps=40, base_batch=32, rl_samples=64, rl_sample_steps=4, rl_steps=30, rl_batch=32)
+    with torch.inference_mode(False):
+        run_demo.ensure_models(tmp, tiny, quiet=True)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    from harness.frontend import write_settings
+    from harness.server import ComfyServer
+
+    models = _demo_models(tmp_path_factory.mktemp("demo_models"))
+    work = tmp_path_factory.mktemp("screenshots")
+    paths = work / "extra_model_paths.yaml"
+    paths.write_text(f"demo:\n  base_path: {models}\n  diffusion_models: diffusion_models\n  loras: loras\n"
+                     f"  custom_nodes: {ROOT / 'demo' / 'comfy_nodes'}\n")
+    write_settings(work / "user")
+    server = ComfyServer(work, paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from harness.frontend import chromium as launch
+
+    with launch() as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    if os.environ.get("RLG_WRITE_SCREENSHOTS") == "1":
+        DOCS.mkdir(parents=True, exist_ok=True)
+        return DOCS
+    return tmp_path_factory.mktemp("shots")
+
+
+SHOWN = """(type) => {
+  const node = (app.graph.nodes ?? app.graph._nodes).find((n) => n.type === type);
+  return !!node?.imgs?.length && node.imgs.every((img) => img.complete && img.naturalWidth > 0);
+}"""
+
+
+@pytest.mark.parametrize("name", sorted(DEMO_TEMPLATES))
+def test_demo_template_as_it_opens_and_after_a_queue(demo_server, chromium, shots, name):
+    workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    context, page = open_template(chromium, demo_server, name, len(workflow["nodes"]))
+    try:
+        assert not hidden_nodes(page.evaluate(VISIBILITY, 8)), "not everything is in view when it opens"
+        page.screenshot(path=str(shots / f"{name}_open.png"))
+        page.evaluate("async () => { await app.queuePrompt(0, 1); }")
+        page.wait_for_function(SHOWN, arg=DEMO_TEMPLATES[name], timeout=300_000)
+        page.wait_for_timeout(1000)
+        # The pictures fit the nodes made for them: nothing grew over a neighbour, everything is still in view.
+        assert not drawn_problems(page.evaluate(DRAWN)), drawn_problems(page.evaluate(DRAWN))
+        assert not hidden_nodes(page.evaluate(VISIBILITY, 8)), hidden_nodes(page.evaluate(VISIBILITY, 8))
+        page.screenshot(path=str(shots / f"{name}_queued.png"))
+    finally:
+        context.close()
+    assert (shots / f"{name}_queued.png").stat().st_size > 0
