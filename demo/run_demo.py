@@ -70,7 +70,8 @@ class CostRow:
     w: float
     share: float  # of red discs
     switched: float | None  # share of samples whose pattern differs from exact RLG at w with the same noise
-    rl_forwards: int  # forwards that run the RL model in one run of STEPS steps
+    rl_forwards: int  # forwards that run the RL model (or the LoRA at strength w) in one run of STEPS steps
+    base_forwards: int  # forwards that run the base model in that run
     seconds: float
     samples: torch.Tensor
 
@@ -286,12 +287,11 @@ def cost_sweep(server: ComfyServer, dial: list[SweepRow], samples: int, seed: in
     for method, w, every, graph in tqdm(jobs, desc=f"the cost of RLG: {samples} images per setting via ComfyUI",
                                         unit="prompt", disable=quiet):
         x, seconds = _run(server, graph)
-        forwards = len(range(0, STEPS, every)) if every else 0
-        rows.append(CostRow(method, w, _red_share(x), None, forwards, seconds, x))
+        rows.append(CostRow(method, w, _red_share(x), None, *_forwards(w, every), seconds, x))
         if method == "RLG":
             exact[w] = SweepRow(f"RLG w={w:g}", w, float(synthetic.reward(x).mean()), rows[-1].share, None, seconds, x)
     reference = {w: synthetic.classify(r.samples) for w, r in exact.items()}
-    out = [CostRow("RLG", w, exact[w].rewarded_share, 0.0, STEPS, exact[w].seconds, exact[w].samples)
+    out = [CostRow("RLG", w, exact[w].rewarded_share, 0.0, *_forwards(w, 1), exact[w].seconds, exact[w].samples)
            for w in sorted(exact) if w in set(every_scales) | set(lora_strengths)]
     for row in rows:
         if row.method != "RLG":
@@ -299,6 +299,20 @@ def cost_sweep(server: ComfyServer, dial: list[SweepRow], samples: int, seed: in
                 if row.w in reference else None
             out.append(row)
     return out
+
+
+def _forwards(w: float, every: int | None) -> tuple[int, int]:
+    """(RL, base) forwards of one run of STEPS euler steps at cfg 1 (one cond), by RLG's rule: at w = 1 each step is
+    the RL model alone and at w = 0 the base alone, at any rl_every; otherwise the base runs at every step and the
+    RL model at every `every`-th (its first step included). every=None: the LoRA at strength w, one model per step.
+    tests/test_rl_every.py counts the forwards of this rule in real sampling runs."""
+    if every is None:
+        return STEPS, 0
+    if w == 1.0:
+        return STEPS, 0
+    if w == 0.0:
+        return 0, STEPS
+    return len(range(0, STEPS, every)), STEPS
 
 
 def grid_sweep(server: ComfyServer, grid_scales, samples: int, seed: int, betas: tuple[float, float],
@@ -363,10 +377,11 @@ def write_plot(rows: list[SweepRow], beta: float, path: Path) -> None:
 def write_cost_table(rows: list[CostRow], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", "w", "red_disc_share", "switched_vs_exact_rlg", "rl_forwards", "seconds"])
+        writer.writerow(["method", "w", "red_disc_share", "switched_vs_exact_rlg", "rl_forwards", "base_forwards",
+                         "seconds"])
         for r in rows:
             writer.writerow([r.method, r.w, f"{r.share:.4f}", "" if r.switched is None else f"{r.switched:.4f}",
-                             r.rl_forwards, f"{r.seconds:.2f}"])
+                             r.rl_forwards, r.base_forwards, f"{r.seconds:.2f}"])
 
 
 def write_cost_plot(rows: list[CostRow], dial: list[SweepRow], beta: float, path: Path) -> None:
@@ -390,7 +405,7 @@ def write_cost_plot(rows: list[CostRow], dial: list[SweepRow], beta: float, path
         pts = [(r.w, r.share, r.rl_forwards) for r in rows if r.method == method]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, color=color, markersize=8, linestyle="none",
-                    label=f"{method} ({pts[0][2]} RL forwards)")
+                    label=f"{method} ({min(p[2] for p in pts)} RL forwards)")
     lora = [(0.0, base_share)] + [(r.w, r.share) for r in rows if r.method == "RL LoRA at strength w"]
     ax.plot([p[0] for p in lora], [p[1] for p in lora], "x-", color="tab:blue",
             label="RL LoRA at strength w (one forward per step)")
@@ -498,11 +513,14 @@ def summary(rows: list[SweepRow], grid: list[GridRow], manifest: dict, models_di
     if cost:
         lines += ["", "RLG for less than two models: share of red discs, and of samples that end in another pattern "
                       "than exact RLG from the same noise",
-                  f"{'method':<26}{'w':>5}{'red discs':>11}{'switched':>10}{'RL forwards':>13}{'seconds':>9}"]
+                  f"{'method':<26}{'w':>5}{'red discs':>11}{'switched':>10}{'RL forwards':>13}{'base':>6}"
+                  f"{'seconds':>9}"]
         for r in sorted(cost, key=lambda r: (r.method != "RLG", r.method, r.w)):
             switched = "" if r.switched is None else f"{100 * r.switched:.1f}%"
-            lines.append(f"{r.method:<26}{r.w:>5g}{r.share:>11.3f}{switched:>10}{r.rl_forwards:>13}{r.seconds:>9.1f}")
-        lines.append(f"RL forwards: of {STEPS} euler steps; the LoRA at strength w runs one model (no base pass).")
+            lines.append(f"{r.method:<26}{r.w:>5g}{r.share:>11.3f}{switched:>10}{r.rl_forwards:>13}{r.base_forwards:>6}"
+                         f"{r.seconds:>9.1f}")
+        lines.append(f"forwards: of {STEPS} euler steps at cfg 1; at w = 1 RLG is the RL model alone (no base pass), "
+                     "and the LoRA at strength w is one model per step.")
     lines += [
         f"outputs in {out_dir}: sweep.csv, rlg_dial.png, samples.png, grid.csv, rlg_two_dials.png,",
         f"  grid_samples.png, sweep_grid.png, cost.csv, rlg_cost.png   (total {total_seconds:.0f} s)",

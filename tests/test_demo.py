@@ -202,12 +202,17 @@ def test_cost_table_rl_every_and_lora_strength_through_comfyui(tiny_run):
     rows, _, out, cost = tiny_run
     by = {(r.method, r.w): r for r in cost}
     exact = {r.scale: r for r in rows if r.scale is not None}
+    steps = run_demo.STEPS
     for w in (1.0, 2.0):
-        assert by[("RLG", w)].rl_forwards == run_demo.STEPS and by[("RLG", w)].switched == 0.0
-        assert by[("RLG, RL every 2nd step", w)].rl_forwards == 10
-        assert by[("RLG, RL every 3rd step", w)].rl_forwards == 7
+        assert by[("RLG", w)].switched == 0.0
         assert 0.0 <= by[("RLG, RL every 2nd step", w)].switched <= 1.0
-        assert by[("RL LoRA at strength w", w)].rl_forwards == 0
+        lora = by[("RL LoRA at strength w", w)]
+        assert (lora.rl_forwards, lora.base_forwards) == (steps, 0)
+    # (RL, base) forwards: at w = 1 RLG is the RL model alone at any rl_every; at w = 2 the base runs at every step
+    assert [(by[(m, 1.0)].rl_forwards, by[(m, 1.0)].base_forwards) for m in ("RLG", "RLG, RL every 2nd step")] == \
+        [(steps, 0), (steps, 0)]
+    assert [(by[(m, 2.0)].rl_forwards, by[(m, 2.0)].base_forwards) for m in
+            ("RLG", "RLG, RL every 2nd step", "RLG, RL every 3rd step")] == [(steps, steps), (10, steps), (7, steps)]
     # At w = 1 RLG is the RL model alone (one forward), which rl_every leaves exact; the LoRA at strength 1 too.
     for method in ("RLG, RL every 2nd step", "RL LoRA at strength w"):
         assert h.max_diff(by[(method, 1.0)].samples, exact[1.0].samples) <= h.tolerance(exact[1.0].samples), method
