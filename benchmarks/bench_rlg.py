@@ -27,6 +27,7 @@ import csv
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -49,11 +50,39 @@ SIZES = {
 }
 DEFAULT_SIZES = ("tiny", "small")
 QUICK_SIZES = {"tiny": (2, 8, 4, 2), "small": (4, 16, 4, 1)}
-CASES = ("base", "rl", "rlg", "lora", "rlg_lora", "rlg_lora_batched", "rlg_lora_wrappers", "rlg_window50",
-         "lora2", "lora3", "rlg_2loras", "rlg_3loras", "rlg_every2", "rlg_every3", "rlg_lora_every2", "rlg_lora_every3",
-         "rlg_lora_batched_every2", "rlg_lora_batched_every3")
+EXACT_CASES = ("base", "rl", "rlg", "lora", "rlg_lora", "rlg_lora_batched", "rlg_lora_wrappers", "rlg_window50",
+               "lora2", "lora3", "rlg_2loras", "rlg_3loras")
 # rl_every n: the RL model at every n-th step, its correction estimated between (an opt-in estimate, not exact RLG)
 EVERY_CASES = {"rlg_every": ("rl", None), "rlg_lora_every": ("lora", False), "rlg_lora_batched_every": ("lora", True)}
+EVERY_TARGETS = {2: 0.80, 3: 0.72}  # t / (t_base + t_rl) on the small model (the issue's targets)
+DEFAULT_EVERY = (2, 3)
+
+
+def cases_for(every: tuple[int, ...] = DEFAULT_EVERY) -> tuple[str, ...]:
+    """The exact cases, then each rl_every case for these n."""
+    return EXACT_CASES + tuple(f"{name}{n}" for n in every for name in EVERY_CASES)
+
+
+CASES = cases_for()
+
+
+def _every_of(case: str) -> tuple[str, int] | None:
+    """(the EVERY_CASES name, n) of an rl_every case, else None."""
+    match = re.fullmatch(r"(rlg_every|rlg_lora_every|rlg_lora_batched_every)([2-8])", case)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def parse_every(text: str) -> tuple[int, ...]:
+    """--rl-every: a comma-separated list of n from 2 to 8 ('' or 'none': no rl_every cases)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of whole numbers from 2 to 8") from None
+    if not all(2 <= v <= 8 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each value from 2 to 8 (1 is exact RLG, the rlg cases)")
+    return values
 
 
 def _setup_comfy():
@@ -178,6 +207,10 @@ class Bench:
 
     def model_for(self, case: str):
         rlg = _load_pack()
+        every = _every_of(case)
+        if every:
+            rl_name, batched = EVERY_CASES[every[0]]
+            return rlg(self.base, getattr(self, rl_name), 1.5, 0.0, 1.0, batched=batched, rl_every=every[1])
         return {
             "base": lambda: self.base,
             "rl": lambda: self.rl,
@@ -191,9 +224,6 @@ class Bench:
             "lora3": lambda: self.loras[2],
             "rlg_2loras": lambda: _several(self.base, self.loras[:2]),
             "rlg_3loras": lambda: _several(self.base, self.loras[:3]),
-            **{f"{name}{n}": (lambda rl_name=rl_name, batched=batched, n=n: rlg(
-                self.base, getattr(self, rl_name), 1.5, 0.0, 1.0, batched=batched, rl_every=n))
-               for name, (rl_name, batched) in EVERY_CASES.items() for n in (2, 3)},
         }[case]()
 
     def rl_forwards(self, rl_name: str, every: int, batched: bool | None) -> int:
@@ -256,7 +286,8 @@ def memory_child(size: str, case: str, quick: bool) -> None:
 
     _setup_comfy()
     loras = 3 if case in ("lora3", "rlg_3loras") else 2 if case in ("lora2", "rlg_2loras") else 1
-    need = ("rl",) if case in ("rl", "rlg", "rlg_window50") else ("lora",) * loras if "lora" in case else ()
+    full_rl = case in ("rl", "rlg", "rlg_window50") or case.startswith("rlg_every")
+    need = ("rl",) if full_rl else ("lora",) * loras if "lora" in case else ()
     bench = Bench(size, QUICK_SIZES if quick else SIZES, need)
     gc.collect()
     try:  # give load-time garbage back to the OS, so what stays resident is the models themselves
@@ -280,9 +311,9 @@ def memory_child(size: str, case: str, quick: bool) -> None:
     print(json.dumps({"peak_mb": peak, "loaded_mb": loaded}))
 
 
-def measure_memory(size: str, quick: bool) -> dict[str, float]:
+def measure_memory(size: str, quick: bool, cases: tuple[str, ...] = CASES) -> dict[str, float]:
     out = {}
-    for case in CASES:
+    for case in cases:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_rlg", "--memory-child", size, case]
                               + (["--quick"] if quick else []), cwd=ROOT, env=host.child_env(), capture_output=True,
                               text=True, check=True)
@@ -314,6 +345,9 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
                         help=f"comma-separated model sizes, of {', '.join(SIZES)} (sd35m: a GPU and ~20 GB)")
     parser.add_argument("--csv", help="write the CSV here (default: benchmarks/results/bench-<time>.csv)")
+    parser.add_argument("--rl-every", type=parse_every, default=DEFAULT_EVERY, metavar="N,N",
+                        help="the rl_every values (2 to 8) whose cases run besides exact RLG (default 2,3; none: "
+                             "none)")
     parser.add_argument("--memory-child", nargs=2, metavar=("SIZE", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -321,6 +355,7 @@ def main() -> None:
         return
 
     _setup_comfy()
+    cases = cases_for(args.rl_every)
     sizes = QUICK_SIZES if args.quick else {name: SIZES[name] for name in args.sizes.split(",")}
     results_dir = ROOT / "benchmarks" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -330,15 +365,15 @@ def main() -> None:
         bench = Bench(size, sizes)
         print(f"\n[{size}] MMDiT depth {bench.depth} ({bench.params / 1e6:.1f} M params), latent {bench.side}x"
               f"{bench.side}, batch {bench.batch}, {bench.steps} euler steps, cfg 3 (cond+uncond batched)", flush=True)
-        for case in CASES:  # warm-up: load every model, compile nothing, fill caches
+        for case in cases:  # warm-up: load every model, compile nothing, fill caches
             bench.run(case)
-        times: dict[str, list[float]] = {c: [] for c in CASES}
+        times: dict[str, list[float]] = {c: [] for c in cases}
         for rep in range(args.reps):
-            order = CASES[rep % len(CASES):] + CASES[:rep % len(CASES)]  # rotate, so drift spreads evenly
+            order = cases[rep % len(cases):] + cases[:rep % len(cases)]  # rotate, so drift spreads evenly
             for case in order:
                 times[case].append(bench.run(case))
         med = {c: statistics.median(v) for c, v in times.items()}
-        mem = {} if args.no_memory else measure_memory(size, args.quick)
+        mem = {} if args.no_memory else measure_memory(size, args.quick, cases)
         rl_mb, lora_mb = bench.rl_bytes / 2**20, bench.lora_bytes / 2**20
         ratios = {
             "full: t_rlg / (t_base + t_rl)": (med["rlg"] / (med["base"] + med["rl"]), 1.05),
@@ -353,20 +388,23 @@ def main() -> None:
             "3 LoRAs: t / (t_base + sum t_lora_i)": (
                 med["rlg_3loras"] / (med["base"] + med["lora"] + med["lora2"] + med["lora3"]), 1.10),
             **{f"{what} rl_every {n}: t / (t_base + t_{rl_name})": (
-                med[f"{name}{n}"] / (med["base"] + med[rl_name]), {2: 0.80, 3: 0.72}[n])
-               for name, (rl_name, batched) in EVERY_CASES.items() for n in (2, 3)
+                med[f"{name}{n}"] / (med["base"] + med[rl_name]), EVERY_TARGETS.get(n))
+               for name, (rl_name, batched) in EVERY_CASES.items() for n in args.rl_every
                for what in ({"rlg_every": "full", "rlg_lora_every": "LoRA", "rlg_lora_batched_every": "LoRA batched"}
                             [name],)},
         }
         print(f"{'case':<18}{'median s':>10}{'min s':>9}{'peak mem MB':>13}")
-        for case in CASES:
+        for case in cases:
             peak = f"{mem[case]:.0f}" if mem else "-"
             print(f"{case:<18}{med[case]:>10.3f}{min(times[case]):>9.3f}{peak:>13}")
         for name, (value, target) in ratios.items():
+            if target is None:
+                print(f"  {name:<42} {value:6.3f}")
+                continue
             verdict = "ok" if value <= target else "over target"
             print(f"  {name:<42} {value:6.3f}   (target <= {target:.2f}: {verdict})")
         forwards = {(rl_name, batched, n): bench.rl_forwards(rl_name, n, batched)
-                    for rl_name, batched in (("rl", None), ("lora", False)) for n in (1, 2, 3)}
+                    for rl_name, batched in (("rl", None), ("lora", False)) for n in (1, *args.rl_every)}
         print(f"  RL forwards per run ({bench.steps} steps): " + ", ".join(
             f"{'full' if rl_name == 'rl' else 'LoRA'} rl_every {n}: {count}"
             for (rl_name, _, n), count in forwards.items()))
@@ -384,7 +422,7 @@ def main() -> None:
                 extra = mem[f"rlg_{n}loras"] - mem["base"]
                 print(f"  extra memory, {n} LoRA RL models: {extra:7.1f} MB  vs their LoRAs {n * lora_mb:.1f} MB "
                       f"(target <= {2 * n * lora_mb:.1f}: no copy of the base)")
-        for case in CASES:
+        for case in cases:
             rows.append({"size": size, "case": case, "median_s": f"{med[case]:.4f}", "min_s": f"{min(times[case]):.4f}",
                          "reps": args.reps, "peak_rss_mb": f"{mem.get(case, float('nan')):.1f}",
                          "params_m": f"{bench.params / 1e6:.2f}", "rl_weights_mb": f"{rl_mb:.2f}",
