@@ -32,9 +32,27 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
 import comfy.utils
+import pytest
 import torch
 
 from .weights import norm_vectors, perturbed, seeded_state_dict
+
+
+# Autouse fixtures of the family test files (imported there by name).
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models take milliseconds a step; on a busy 2-core machine torch's second thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def free_models():
+    """Each test's models leave ComfyUI's loaded list after it."""
+    yield
+    comfy.model_management.unload_all_models()
 
 FAMILIES = ("flux", "qwen_image", "wan21", "wan22", "wan22_5b", "sdxl")
 NEXT_FAMILIES = ("z_image", "flux2", "flux2_klein", "hunyuan_video15", "ltxv", "ltxav")

@@ -123,6 +123,9 @@ def _flux2_diffusers(module: str) -> list[tuple[str, int, bool]]:
     return [(_FLUX2_TOP[module], -1, False)]
 
 
+# Stated here again, not imported from nodes/peft_alpha.py: these tables say what the trainers write (diffusers'
+# HunyuanVideo15Transformer3DModel names), so that the pack's own mapping of them is tested against an independent
+# statement rather than against itself.
 _HV15_DOUBLE = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
                 "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
                 "img_attn.proj": ("attn.to_out.0",), "txt_attn.proj": ("attn.to_add_out",),

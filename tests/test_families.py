@@ -21,6 +21,7 @@ from comfyui_rlg.nodes.errors import RLGInputError
 from comfyui_rlg.nodes.nodes_lora import load_peft_aware
 from harness import sampling as h
 from harness import tiny_families as tf
+from harness.tiny_families import free_models, one_thread  # noqa: F401 (autouse fixtures)
 
 IDENTITY_DIFFS = h.IDENTITY_DIFFS
 FAST_PATH_MISSED = "did not take the fast path"
@@ -34,21 +35,6 @@ PATH = {"flux": "hooks", "qwen_image": "hooks", "wan21": "hooks", "wan22": "hook
         "sdxl": "hooks"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models take milliseconds a step; on a busy 2-core machine torch's second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _free_models():
-    yield
-    import comfy.model_management as mm
-
-    mm.unload_all_models()
 
 
 def ksample(model, family, batch=2, cfg=3.0, steps=3, sampler="euler", seed=42, positive=None, negative=None,

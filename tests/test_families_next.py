@@ -34,6 +34,7 @@ from harness import host
 from harness import sampling as h
 from harness import tiny_families as tf
 from harness import trainer_loras as tl
+from harness.tiny_families import free_models, one_thread  # noqa: F401 (autouse fixtures)
 
 IDENTITY_DIFFS = h.IDENTITY_DIFFS
 FAST_PATH_MISSED = "did not take the fast path"
@@ -57,21 +58,6 @@ RL_FORMAT = {"z_image": "peft", "flux2": "peft", "flux2_klein": "peft", "hunyuan
              "ltxv": "diffusers", "ltxav": "ltx-trainer"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models take milliseconds a step; on a busy 2-core machine torch's second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _free_models():
-    yield
-    import comfy.model_management as mm
-
-    mm.unload_all_models()
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
