@@ -242,7 +242,7 @@ def test_sweep_rows_with_rl_every_are_each_scale_with_rl_every():
     positive, negative = h.conds("sd3")
     latent = {"samples": h.latent("sd3", 1)}
     scales = (0.0, 0.5, 1.0, 2.5)
-    model, swept = RLGScaleSweep.execute(base, rl, latent, ", ".join(map(str, scales)), 0.0, 1.0, rl_every=2).args
+    model, swept, _ = RLGScaleSweep.execute(base, rl, latent, ", ".join(map(str, scales)), 0.0, 1.0, rl_every=2).args
 
     def ksampler(m, lat):
         return comfy_nodes.common_ksampler(m, 11, 6, 3.5, "euler", "simple", positive, negative, lat)[0]["samples"]

@@ -14,7 +14,7 @@ import torch
 
 from harness import sampling as h
 from harness import tiny_models as tm
-from harness.server import ComfyServer, execution_error
+from harness.server import ComfyServer
 
 pytestmark = pytest.mark.server
 
@@ -131,12 +131,16 @@ def test_base_prompt_after_lora_rlg_prompt_is_untouched(server):
 
 
 def test_bad_window_is_refused_with_a_message_naming_the_inputs(server):
+    """Refused when queued (the node's validate_inputs), before any loader runs; tests/test_queue_checks.py has the
+    wording on every RLG node."""
     graph = rlg_graph(FULL_RL, start=0.8, end=0.2, prefix="latents/bad")
-    entry = server.run(graph)
-    err = execution_error(entry)
-    assert entry["status"]["status_str"] == "error" and err is not None
-    assert err["node_type"] == "RLGApply"
-    assert "start_percent" in err["exception_message"] and "end_percent" in err["exception_message"]
+    status, body = server.queue(graph)
+    assert status == 400, body
+    errors = body["node_errors"]["3"]
+    assert errors["class_type"] == "RLGApply"
+    details = " ".join(e["details"] for e in errors["errors"])
+    assert "start_percent (0.8) is after end_percent (0.2)" in details
+    assert {e["extra_info"]["input_name"] for e in errors["errors"]} == {"start_percent", "end_percent"}
 
 
 def test_rlg_guider_through_sampler_custom_advanced(server):
