@@ -244,6 +244,13 @@ def swap_scale_shift(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat((scale, shift), dim=0)
 
 
+def _linear_layers(shapes: Mapping[str, tuple]):
+    """(key, shape, module name) of each linear weight of the model's key map: `diffusion_model.<module>.weight`."""
+    for key, shape in shapes.items():
+        if key.endswith(".weight") and len(shape) == 2:
+            yield key, shape, key[len("diffusion_model."):-len(".weight")]
+
+
 def _fused(key: str, shape: tuple, index: int, parts: int = 3) -> tuple:
     rows = shape[0] // parts
     return (key, (0, index * rows, rows))
@@ -278,10 +285,7 @@ def _hunyuan_video15_names(shapes: Mapping[str, tuple]) -> dict[str, Target]:
     """diffusers' HunyuanVideo15Transformer3DModel names, and the separate q, k, v of the original code
     (double_blocks.N.img_attn_q: Tencent's HunyuanVideo-1.5 and musubi-tuner), onto ComfyUI's fused layers."""
     out: dict[str, Target] = {}
-    for key, shape in shapes.items():
-        if not key.endswith(".weight") or len(shape) != 2:
-            continue
-        module = key[len("diffusion_model."):-len(".weight")]
+    for key, shape, module in _linear_layers(shapes):
         if match := re.fullmatch(r"double_blocks\.(\d+)\.(.+)", module):
             index, part = match.groups()
             names = _HV15_BLOCK.get(part, ())
@@ -322,10 +326,7 @@ def _flux2_names(shapes: Mapping[str, tuple]) -> dict[str, Target]:
     """diffusers' Flux2Transformer2DModel names that ComfyUI's FLUX.1 map lacks. A single block's
     to_qkv_mlp_proj is the whole of its linear1 (3 x hidden of q, k, v and 2 x 3 x hidden of the gated MLP)."""
     out: dict[str, Target] = {}
-    for key, shape in shapes.items():
-        if not key.endswith(".weight") or len(shape) != 2:
-            continue
-        module = key[len("diffusion_model."):-len(".weight")]
+    for key, _shape, module in _linear_layers(shapes):
         if match := re.fullmatch(r"double_blocks\.(\d+)\.(.+)", module):
             index, part = match.groups()
             if part in _FLUX2_BLOCK:
@@ -352,10 +353,7 @@ def _ltx_names(shapes: Mapping[str, tuple]) -> dict[str, Target]:
     """diffusers' LTXVideoTransformer3DModel / LTX2VideoTransformer3DModel names of the embedders that ComfyUI
     (and Lightricks' own code) names otherwise; every other layer has the same name in both."""
     out: dict[str, Target] = {}
-    for key, shape in shapes.items():
-        if not key.endswith(".weight") or len(shape) != 2:
-            continue
-        module = key[len("diffusion_model."):-len(".weight")]
+    for key, _shape, module in _linear_layers(shapes):
         for diffusers, comfy in _LTX_RENAMES:
             if module == comfy or (comfy.endswith(".") and module.startswith(comfy)):
                 out[diffusers + module[len(comfy):]] = key
