@@ -334,13 +334,17 @@ def grid_sweep(server: ComfyServer, grid_scales, samples: int, seed: int, betas:
 
 # ---------------------------------------------------------------- outputs
 
-def write_table(rows: list[SweepRow], path: Path) -> None:
+def _write_csv(path: Path, header: list, rows) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["setting", "rlg_scale", "mean_reward", "rewarded_share", "predicted_share", "seconds"])
-        for r in rows:
-            writer.writerow([r.label, "" if r.scale is None else r.scale, f"{r.mean_reward:.4f}",
-                             f"{r.rewarded_share:.4f}", f"{r.predicted_share:.4f}", f"{r.seconds:.2f}"])
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_table(rows: list[SweepRow], path: Path) -> None:
+    _write_csv(path, ["setting", "rlg_scale", "mean_reward", "rewarded_share", "predicted_share", "seconds"],
+               ([r.label, "" if r.scale is None else r.scale, f"{r.mean_reward:.4f}", f"{r.rewarded_share:.4f}",
+                 f"{r.predicted_share:.4f}", f"{r.seconds:.2f}"] for r in rows))
 
 
 def write_plot(rows: list[SweepRow], beta: float, path: Path) -> None:
@@ -375,13 +379,10 @@ def write_plot(rows: list[SweepRow], beta: float, path: Path) -> None:
 
 
 def write_cost_table(rows: list[CostRow], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["method", "w", "red_disc_share", "switched_vs_exact_rlg", "rl_forwards", "base_forwards",
-                         "seconds"])
-        for r in rows:
-            writer.writerow([r.method, r.w, f"{r.share:.4f}", "" if r.switched is None else f"{r.switched:.4f}",
-                             r.rl_forwards, r.base_forwards, f"{r.seconds:.2f}"])
+    _write_csv(path, ["method", "w", "red_disc_share", "switched_vs_exact_rlg", "rl_forwards", "base_forwards",
+                      "seconds"],
+               ([r.method, r.w, f"{r.share:.4f}", "" if r.switched is None else f"{r.switched:.4f}", r.rl_forwards,
+                 r.base_forwards, f"{r.seconds:.2f}"] for r in rows))
 
 
 def write_cost_plot(rows: list[CostRow], dial: list[SweepRow], beta: float, path: Path) -> None:
@@ -425,13 +426,10 @@ def _slug(name: str) -> str:
 
 
 def write_grid_table(rows: list[GridRow], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["w_1", "w_2", *(f"measured_{_slug(n)}" for n in synthetic.MODE_NAMES),
-                         *(f"predicted_{_slug(n)}" for n in synthetic.MODE_NAMES), "seconds"])
-        for r in rows:
-            writer.writerow([r.w1, r.w2, *(f"{v:.4f}" for v in r.measured), *(f"{v:.4f}" for v in r.predicted),
-                             f"{r.seconds:.2f}"])
+    _write_csv(path, ["w_1", "w_2", *(f"measured_{_slug(n)}" for n in synthetic.MODE_NAMES),
+                      *(f"predicted_{_slug(n)}" for n in synthetic.MODE_NAMES), "seconds"],
+               ([r.w1, r.w2, *(f"{v:.4f}" for v in r.measured), *(f"{v:.4f}" for v in r.predicted),
+                 f"{r.seconds:.2f}"] for r in rows))
 
 
 def write_grid_plot(rows: list[GridRow], betas: tuple[float, float], path: Path) -> None:
