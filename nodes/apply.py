@@ -15,6 +15,7 @@ from .rl_options import disable_shared_module_caches
 from .rl_passes import RLTerm
 from .settings import RLGSettings
 from .step import RLGCondBatchWrapper
+from .step_caches import check_rl_model
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -48,6 +49,7 @@ def attach_rlg(model: ModelPatcher, rl_models: Sequence[tuple[ModelPatcher, RLGS
         label = rl_input if len(rl_models) == 1 and rl_input == "rl_model" else f"{rl_input} (RL model {i})"
         pair = build_pair(model, rl_model, rl_input=label)
         _check_adds_something(model, rl_model, pair, label)
+        check_rl_model(model, rl_model, label)
         if id(rl_model) in seen:
             log.warning("RLG: %s is the same RL model as %s; their scales add up.", label, seen[id(rl_model)])
         seen.setdefault(id(rl_model), label)

@@ -113,6 +113,8 @@ class RLModelPair:
     form: separate (its own module), shared (the base's module plus `delta`) or identical.
     own_options: a shared RL model whose options differ from the base's (its own wrappers, say),
     so its pass runs with its own options and cannot share a forward with the base's rows.
+    base_options: a separate RL model's base's model_options when RLG Apply ran, to tell what a node connected after
+    RLG Apply added (a step cache, torch.compile) from what the base already had.
     """
 
     form: PairForm
@@ -121,6 +123,7 @@ class RLModelPair:
     base_patch_keys: dict[str, int]
     delta: RLDelta | None = None
     own_options: bool = False
+    base_options: dict | None = None
 
 
 def _divergent_message(err: DivergentPatchesError, rl_input: str) -> str:
@@ -141,7 +144,8 @@ def build_pair(base: ModelPatcher, rl: ModelPatcher, rl_input: str = "rl_model")
     base_patch_keys = {k: len(v) for k, v in base.patches.items()}
 
     if not base.is_clone(rl):
-        return RLModelPair(PairForm.SEPARATE, rl, base_to, base_patch_keys)
+        return RLModelPair(PairForm.SEPARATE, rl, base_to, base_patch_keys,
+                           base_options=base_options)
 
     try:
         extra = extra_weight_patches(base.patches, rl.patches)

@@ -8,14 +8,17 @@ Qwen-Image 2.1 prefix cache keyed on the inputs alone; both need RLG's care, her
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import comfy.model_patcher
 import comfy.patcher_extension
+import torch
 
 from .model_pair import ADDITIONAL_MODELS_KEY, PairForm, RLModelPair
 from .patch_diff import added_entries, merge_entries
+from .step_caches import any_cache, carry_to_separate
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -32,11 +35,13 @@ def batchable(model_options: dict) -> bool:
 
     Model patches (attention patches and replacements, a unet function wrapper) may read
     cond_or_uncond to find the cond or uncond rows; with the conds given more than once the RL copies
-    have other indices, so such calls run each model's rows as a forward of its own.
+    have other indices, so such calls run each model's rows as a forward of its own. A step cache decides
+    per forward whether to reuse its last output: a forward of two models' rows would be one decision for
+    both, from one history, so each model takes a forward of its own there too.
     """
     to = model_options.get("transformer_options", {})
     has_patches = to.get("patches") or to.get("patches_replace")
-    return not has_patches and "model_function_wrapper" not in model_options
+    return not has_patches and "model_function_wrapper" not in model_options and not any_cache(model_options)
 
 
 def with_apply_wrapper(model_options: dict, key: str, wrapper: Callable) -> dict:
@@ -69,9 +74,44 @@ def rl_model_options(pair: RLModelPair, model_options: dict) -> dict:
                                     skip=PATCHER_OWNED))
     if pair.form is PairForm.SEPARATE:
         options.update(separate_multigpu(model_options, rl))
+        carry_to_separate(model_options, options, pair.base_transformer_options)
+        compile_separate(model_options, options, pair)
     else:
         options.update({key: model_options[key] for key in MULTIGPU_KEYS if key in model_options})
     return options
+
+
+# A separate RL model's network compiled with the settings of a TorchCompileModel connected after RLG Apply, once per
+# network and settings: {network: (the settings, the compiled module)}.
+_COMPILED_RL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compile_separate(step_options: dict, rl_options: dict, pair: RLModelPair) -> None:
+    """TorchCompileModel after RLG Apply also compiles a separate RL model: its own network, with the same settings.
+
+    ComfyUI's compile wrapper swaps the compiled copy of the network it was applied to into the model for each
+    forward; the base's copy must never run the RL pass (it would be the base's network), so the RL pass gets a
+    wrapper of its own around the RL model's network, compiled once. A compile already on the RL model, or one the
+    base had when RLG Apply ran (then the graph compiles the base alone), is left as it is. Where this ComfyUI has
+    no compile helpers, the RL pass runs uncompiled: exact, only slower.
+    """
+    try:
+        from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, TORCH_COMPILE_KWARGS, apply_torch_compile_factory
+    except ImportError:
+        return
+    settings = step_options.get(TORCH_COMPILE_KWARGS)
+    if not isinstance(settings, dict) or TORCH_COMPILE_KWARGS in (pair.base_options or {}) or \
+            TORCH_COMPILE_KWARGS in rl_options:
+        return
+    network = pair.rl_patcher.get_model_object("diffusion_model")
+    cached = _COMPILED_RL.get(network)
+    if cached is None or cached[0] != settings:
+        cached = (dict(settings), torch.compile(model=network, **settings))
+        _COMPILED_RL[network] = cached
+    wrappers = rl_options.setdefault("transformer_options", {}).setdefault("wrappers", {})
+    kind = comfy.patcher_extension.WrappersMP.APPLY_MODEL
+    wrappers[kind] = dict(wrappers.get(kind, {}), **{COMPILE_KEY: [apply_torch_compile_factory(
+        compiled_module_dict={"diffusion_model": cached[1]})]})
 
 
 def separate_multigpu(model_options: dict, rl: ModelPatcher) -> dict:

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 import comfy.samplers
 import torch
 
+from .errors import RLGRuntimeError
 from .model_pair import PairForm, RLModelPair
 from .rl_delta import RLRowsForward, call_with, layers_called
 from .rl_options import batchable, rl_model_options, with_apply_wrapper
 from .settings import RLGSettings
+from .step_caches import CacheStates, cache_named, own_states, separate_model_refusal
 
 if TYPE_CHECKING:
     from comfy.model_base import BaseModel
@@ -55,10 +57,12 @@ class ModelPasses:
 
     def evaluate(self, executor: Callable, model: BaseModel, conds: Sequence, term_conds: dict[int, list],
                  x_in: torch.Tensor, timestep: torch.Tensor, model_options: dict, run_base: bool,
-                 encoded: dict | None = None) -> tuple[Outputs | None, dict[int, Outputs]]:
+                 encoded: dict | None = None, caches: CacheStates | None = None
+                 ) -> tuple[Outputs | None, dict[int, Outputs]]:
         """(the base's outputs or None, {term: its outputs}) for the terms in term_conds.
 
         encoded: the sampling run's cache of conds an RL model encodes differently (own_conds), or None.
+        caches: the sampling run's step-cache states of the RL models (step_caches.py), or None.
         """
         if encoded is not None:
             term_conds = {k: self.own_conds(k, model, c, x_in, encoded) for k, c in term_conds.items()}
@@ -94,22 +98,29 @@ class ModelPasses:
                 pair = self.terms[k].pair
                 rl_out[k] = self._shared_forward(executor, model, term_conds[k], x_in, timestep, model_options,
                                                  {k + 1: pair.delta}, lambda c, k=k: k + 1,
-                                                 own_options=k if pair.own_options else None)
+                                                 own_options=k if pair.own_options else None, term=k, caches=caches)
         for k in separate:
-            rl_out[k] = self._separate_forward(model, k, term_conds[k], x_in, timestep, model_options)
+            rl_out[k] = self._separate_forward(model, k, term_conds[k], x_in, timestep, model_options, caches)
         return base_out, rl_out
 
     def _shared_forward(self, executor, model, conds, x_in, timestep, model_options, deltas, term_of_cond,
-                        own_options: int | None) -> Outputs:
-        """A forward of the base's module where the rows of each RL model get its delta (rl_delta.py)."""
-        rows = RLRowsForward(deltas, term_of_cond, self.notify, on_shared_misfit=lambda term: self._solo.add(term - 1))
-        if own_options is None:  # the RL model needs nothing but its weights: the base's own chain
-            return executor(model, conds, x_in, timestep, with_apply_wrapper(model_options, self._rows_key, rows))
-        options = self.options_for(own_options, model_options)
-        return comfy.samplers.calc_cond_batch(model, conds, x_in, timestep,
-                                              with_apply_wrapper(options, self._rows_key, rows))
+                        own_options: int | None, term: int | None = None, caches: CacheStates | None = None
+                        ) -> Outputs:
+        """A forward of the base's module where the rows of each RL model get its delta (rl_delta.py).
 
-    def _separate_forward(self, model, k, conds, x_in, timestep, model_options) -> Outputs:
+        term: the one RL model whose rows these all are, whose step caches then hold its own state; None for a
+        forward shared by several models (only ever made without a step cache: rl_options.batchable).
+        """
+        options = model_options if own_options is None else self.options_for(own_options, model_options)
+        rows = RLRowsForward(deltas, term_of_cond, self.notify, on_shared_misfit=lambda term: self._solo.add(term - 1),
+                             single_forward=cache_named(options))
+        with own_states(options, caches if term is not None else None, term, model) as options:
+            if own_options is None:  # the RL model needs nothing but its weights: the base's own chain
+                return executor(model, conds, x_in, timestep, with_apply_wrapper(options, self._rows_key, rows))
+            return comfy.samplers.calc_cond_batch(model, conds, x_in, timestep,
+                                                  with_apply_wrapper(options, self._rows_key, rows))
+
+    def _separate_forward(self, model, k, conds, x_in, timestep, model_options, caches: CacheStates | None) -> Outputs:
         rl = self.terms[k].pair.rl_patcher
         options = self.options_for(k, model_options)
         # Additional models do not get pre_run() from the sampler, and _calc_cond_batch reads
@@ -117,7 +128,8 @@ class ModelPasses:
         if getattr(rl.model, "current_patcher", None) is not rl:
             rl.pre_run()
         self._warn_if_patched_after(model)
-        return comfy.samplers.calc_cond_batch(rl.model, conds, x_in, timestep, options)
+        with own_states(options, caches, k, rl.model) as options:
+            return comfy.samplers.calc_cond_batch(rl.model, conds, x_in, timestep, options)
 
     def own_conds(self, k: int, model: BaseModel, conds: list, x_in: torch.Tensor, encoded: dict) -> list:
         """The conds of term k as its RL model would have encoded them itself.
@@ -164,10 +176,22 @@ class ModelPasses:
             return cond
         return dict(cond, model_conds={**cond.get("model_conds", {}), **differing})
 
+    def check_run(self, model_options: dict) -> None:
+        """At the start of a sampling run, before any forward: what the run's options make impossible stops here."""
+        for k, term in enumerate(self.terms):
+            if term.pair.form is PairForm.SEPARATE:
+                self.options_for(k, model_options)
+
     def options_for(self, k: int, model_options: dict) -> dict:
         cached = self._options.get(k)
         if cached is None or cached[0] is not model_options:
-            cached = (model_options, rl_model_options(self.terms[k].pair, model_options))
+            term = self.terms[k]
+            options = rl_model_options(term.pair, model_options)
+            if term.pair.form is PairForm.SEPARATE:
+                refusal = separate_model_refusal(model_options, options, term.pair.base_options or {}, term.label)
+                if refusal:
+                    raise RLGRuntimeError("RLG: " + refusal)
+            cached = (model_options, options)
             self._options[k] = cached
         return cached[1]
 

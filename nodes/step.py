@@ -38,6 +38,7 @@ from .rlg_math import (
     sigma_to_percent,
     term_weight,
 )
+from .step_caches import CacheStates
 
 if TYPE_CHECKING:
     from comfy.model_base import BaseModel
@@ -53,6 +54,7 @@ class RunState:
     percents: dict[float, float] = field(default_factory=dict)
     histories: dict[int, CorrectionHistory] = field(default_factory=dict)
     encoded: dict = field(default_factory=dict)  # conds as an RL model encodes them itself (rl_passes.own_conds)
+    caches: CacheStates = field(default_factory=CacheStates)  # each RL model's own step-cache state (step_caches)
 
     def history(self, k: int) -> CorrectionHistory:
         return self.histories.setdefault(k, CorrectionHistory())
@@ -83,7 +85,7 @@ class RLGCondBatchWrapper:
         run_base = plan.run_base or bool(own_cfg) or bool(estimated)  # CFG per branch is built on the base's uncond
         evaluated = {k: term_conds[k] for k, _ in plan.terms if k not in estimated}
         base_out, rl_out = self.passes.evaluate(executor, model, conds, evaluated, x_in, timestep, model_options,
-                                                run_base, run.encoded)
+                                                run_base, run.encoded, run.caches)
         rl_out.update(self._corrections(plan, sigma, model, run, model_options, term_conds, base_out, rl_out,
                                         estimated))
 
@@ -187,14 +189,21 @@ class RLGCondBatchWrapper:
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
         if run is None or (run.options is not model_options and (sigmas is None or run.sample_sigmas is not sigmas)):
             self._check_rows(x_in)
+            self.passes.check_run(model_options)
             schedule = [] if sigmas is None else [float(s) for s in sigmas.flatten()]
             run = RunState(model_options, sigmas, schedule)
             self._local.run = run
         return run
 
     def end_run(self, patcher=None) -> None:
-        """The patcher's cleanup (CallbacksMP.ON_CLEANUP), after every sampling run: drop this thread's run."""
+        """The patcher's cleanup (CallbacksMP.ON_CLEANUP), after every sampling run: drop this thread's run.
+
+        A step cache that logs what it did for the base (EasyCache) gets the same line for each RL model first.
+        """
+        run = getattr(self._local, "run", None)
         self._local.run = None
+        if run is not None and run.caches.states:
+            run.caches.finish({k: term.label for k, term in enumerate(self.terms)}, max(len(run.schedule) - 1, 0))
 
     def _check_rows(self, x_in: torch.Tensor) -> None:
         for term in self.terms:
