@@ -75,6 +75,37 @@ def lora_for(
     return out
 
 
+def adapter_for(state_dict: dict[str, torch.Tensor], seed: int, kind: str, rank: int = 4, scale: float = 0.5,
+                match: str = "attn") -> dict[str, torch.Tensor]:
+    """A LoRA of another kind (LyCORIS "loha" or "lokr") on the same layers as lora_for, in ComfyUI's key format.
+
+    LoHa: (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank. LoKr: kron(w1, w2), w1 a 4 x 4 factor. Both sized so the
+    change is of the order of lora_for's.
+    """
+    if kind == "lora":
+        return lora_for(state_dict, seed, rank, scale, match)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in sorted(state_dict.items()):
+        if match not in key or not key.endswith(".weight") or value.ndim != 2:
+            continue
+        base = "diffusion_model." + key[: -len(".weight")]
+        n_out, n_in = value.shape
+        std = float(value.float().std())
+        if kind == "loha":
+            out[base + ".hada_w1_a"] = torch.randn(n_out, rank, generator=gen) * (scale * std) ** 0.5
+            out[base + ".hada_w1_b"] = torch.randn(rank, n_in, generator=gen) / rank**0.5
+            out[base + ".hada_w2_a"] = torch.randn(n_out, rank, generator=gen) * (scale * std) ** 0.5
+            out[base + ".hada_w2_b"] = torch.randn(rank, n_in, generator=gen) / rank**0.5
+            out[base + ".alpha"] = torch.tensor(float(rank))
+        elif kind == "lokr":
+            out[base + ".lokr_w1"] = torch.randn(4, 4, generator=gen)
+            out[base + ".lokr_w2"] = torch.randn(n_out // 4, n_in // 4, generator=gen) * scale * std / 4
+        else:
+            raise ValueError(kind)
+    return out
+
+
 def tiny_conds(family: str = "sd3", batch: int = 1, seed: int = 0):
     """(positive, negative) in ComfyUI's CONDITIONING format, seeded, without a text encoder."""
     gen = torch.Generator().manual_seed(seed)
