@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ import comfy.lora
 import comfy.utils
 import torch
 
+from . import gguf_layers
 from .errors import RLGRuntimeError
 
 log = logging.getLogger("ComfyUI-RLG")
@@ -147,12 +149,18 @@ class LayerDelta:
                 view[rows] += torch.nn.functional.linear(hidden, up)
 
     def patched(self, weight: torch.Tensor) -> torch.Tensor:
-        """weight with the RL patches applied, as ComfyUI applies them (in float32, back to its dtype)."""
-        if type(weight) is not torch.Tensor and not isinstance(weight, torch.nn.Parameter):
+        """weight with the RL patches applied, as ComfyUI applies them (in float32, back to its dtype).
+
+        A tensor subclass of plain float values (ComfyUI-GGUF's F16 / F32 tensors) is patched as its values; one that
+        holds quantized blocks cannot be patched here (its own layer applies patches at dequantization).
+        """
+        quantized = gguf_layers.quantized_format(weight)
+        if quantized is not None:
             raise RLGRuntimeError(
-                f"RLG cannot add the RL LoRA to {self.key}: its weight is a {type(weight).__name__} (a quantized "
-                "format), which RLG can only patch through ComfyUI's weight functions, and this layer did not "
-                "call them. Load the RL model as a separate merged file instead.")
+                f"RLG cannot add the RL LoRA to {self.key}: its weight is stored quantized ({quantized}, a "
+                f"{type(weight).__name__}), and this layer applied neither ComfyUI's weight functions nor its own "
+                "patches for it. Load the RL model as a separate file (quantized or merged) instead.")
+        weight = gguf_layers.plain(weight)
         out = comfy.lora.calculate_weight(self.patches, weight.to(torch.float32, copy=True), self.key)
         return out.to(weight.dtype)
 
@@ -216,6 +224,9 @@ class _Tally:
     """What happened to each layer during one forward."""
 
     def __init__(self):
+        # False once the forward is over: a hook or weight function of this forward that still gets called (from a
+        # graph torch.compile traced while it was installed) must do nothing then.
+        self.active = True
         self.fired: dict[str, int] = {}  # hook fired with RL rows
         self.misfit: set[str] = set()  # hook fired but the input did not fit (rows not first, other shape)
         self.called: dict[str, int] = {}  # module called (for function-path layers)
@@ -240,7 +251,7 @@ def _hook(layer: LayerDelta, module: torch.nn.Module, rows: torch.Tensor | None,
     shape = _linear_shape(module)
 
     def hook(module, inputs, output):
-        if threading.get_ident() != thread:  # another thread's forward on the same module
+        if not tally.active or threading.get_ident() != thread:  # a stale copy, or another thread's forward
             return None
         x = inputs[0] if inputs else None
         fits = (shape is not None and isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor)
@@ -254,7 +265,9 @@ def _hook(layer: LayerDelta, module: torch.nn.Module, rows: torch.Tensor | None,
         layer.add_delta(out, x, rows)
         return out
 
-    return hook
+    # torch.compile must call the hook, never trace it into a graph: a traced hook would specialise on its layer and
+    # stay in the graph after it is removed (hooks are not guarded), adding the RL part to a later base pass.
+    return torch.compiler.disable(hook)
 
 
 @contextmanager
@@ -265,7 +278,7 @@ def _weight_function(module: torch.nn.Module, layer: LayerDelta, tally: _Tally, 
     previous = getattr(module, attr)  # ComfyUI's class-level default is a shared [], never appended to
 
     def function(weight):
-        if threading.get_ident() != thread:
+        if not tally.active or threading.get_ident() != thread:
             return weight
         tally.bump(tally.functions, layer.key)
         return layer.patched(weight)
@@ -274,10 +287,15 @@ def _weight_function(module: torch.nn.Module, layer: LayerDelta, tally: _Tally, 
         if threading.get_ident() == thread:
             tally.bump(tally.called, layer.key)
 
+    def applied_by_layer():  # ComfyUI-GGUF's quantized layers apply patches at dequantization, not weight functions
+        if threading.get_ident() == thread:
+            tally.bump(tally.functions, layer.key)
+
     setattr(module, attr, [*previous, function])
     handle = module.register_forward_pre_hook(count_call)
     try:
-        yield
+        with gguf_layers.rl_patches_on(module, layer.param, layer.key, layer.patches, applied_by_layer):
+            yield
     finally:
         handle.remove()
         if had_own:
@@ -297,7 +315,7 @@ def _swapped(module: torch.nn.Module, layer: LayerDelta) -> Iterator[None]:
             "--disable-dynamic-vram, and report this with your ComfyUI version.")
     param = getattr(module, layer.param)
     saved = param.data
-    param.data = layer.patched(saved)
+    param.data = layer.patched(param)  # the parameter itself: a quantized one says its format
     try:
         yield
     finally:
@@ -318,23 +336,25 @@ def _run(executor: Callable, args: tuple, kwargs: dict, model: Any, assignments:
     tally = _Tally()
     thread = threading.get_ident()
     handles = []
-    needs_lock = any(way == LayerPath.SWAP for a in assignments for way in a.ways.values())
+    layers = [(a, layer, _resolve(model, layer.module_name, a.delta.label), a.ways[layer.key])
+              for a in assignments for layer in a.delta.runnable]
+    # Swaps, and patches put on a quantized GGUF tensor itself, change the module for every thread that runs it.
+    needs_lock = any(way == LayerPath.SWAP or (way == LayerPath.FUNCTION and gguf_layers.is_ggml_layer(module))
+                     for _, _, module, way in layers)
     with contextlib.ExitStack() as stack:
         if needs_lock:
             stack.enter_context(_SWAP_LOCK)
-        for a in assignments:
-            for layer in a.delta.runnable:
-                module = _resolve(model, layer.module_name, a.delta.label)
-                way = a.ways[layer.key]
-                if way == LayerPath.HOOK:
-                    handles.append(module.register_forward_hook(_hook(layer, module, a.rows, tally, thread)))
-                elif way == LayerPath.FUNCTION:
-                    stack.enter_context(_weight_function(module, layer, tally, thread))
-                else:
-                    stack.enter_context(_swapped(module, layer))
+        for a, layer, module, way in layers:
+            if way == LayerPath.HOOK:
+                handles.append(module.register_forward_hook(_hook(layer, module, a.rows, tally, thread)))
+            elif way == LayerPath.FUNCTION:
+                stack.enter_context(_weight_function(module, layer, tally, thread))
+            else:
+                stack.enter_context(_swapped(module, layer))
         try:
             out = executor(*args, **kwargs)
         finally:
+            tally.active = False
             for handle in handles:
                 handle.remove()
     return out, tally
@@ -372,13 +392,18 @@ class RLRowsForward:
     """
 
     def __init__(self, deltas: dict[int, RLDelta], term_of_cond: Callable[[int], int], notify: Callable[[str], None],
-                 on_shared_misfit: Callable[[int], None] | None = None):
+                 on_shared_misfit: Callable[[int], None] | None = None, single_forward: str | None = None):
         self.deltas = deltas
         self.term_of_cond = term_of_cond
         self.notify = notify
         # Told when a hook could not pick this term's rows out of a shared forward (the layer does not keep
         # the batch first): its rows are better off in a forward of their own from then on.
         self.on_shared_misfit = on_shared_misfit
+        # Set (to what forbids it, e.g. "TeaCache") when the forward must not run twice: a step cache advances its
+        # state at every forward and may skip layers. Then every layer takes its exact way from the start (a weight
+        # function tells a layer the forward skipped from one computed without it, a hook cannot), and what would
+        # need a second forward stops instead.
+        self.single_forward = single_forward
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
@@ -395,7 +420,9 @@ class RLRowsForward:
         for term in sorted(set(chunk_terms) - {0}):
             delta = self.deltas[term]
             rows = None if all(c == term for c in chunk_terms) else row_terms == term
-            assignments.append(Assignment(term, delta, rows, {layer.key: layer.fast for layer in delta.runnable}))
+            exact = self.single_forward or runs_compiled(model)
+            ways = {layer.key: layer.exact if exact else layer.fast for layer in delta.runnable}
+            assignments.append(Assignment(term, delta, rows, ways))
         if not assignments:
             return executor(*args, **kwargs)
 
@@ -411,6 +438,12 @@ class RLRowsForward:
                 any(layer.key in tally.misfit for layer in a.delta.runnable):
             self.on_shared_misfit(a.term)
         ways, redo = _escalate(a.delta, a.ways, tally)
+        if redo and self.single_forward:
+            raise RLGRuntimeError(
+                f"RLG could not add the RL LoRA of {a.delta.label} to every layer in one forward (for example "
+                f"{redo[0]}: its weight function was not applied), and {self.single_forward} on this model forbids "
+                f"running the forward again. Load the RL model as a separate merged file, or remove "
+                f"{self.single_forward}, and report this with your ComfyUI version.")
         for _ in range(2):  # hook -> function -> swap, at most two re-runs
             if not redo:
                 return out
@@ -427,6 +460,24 @@ class RLRowsForward:
             f"RLG could not add the RL LoRA of {a.delta.label} to every layer on this ComfyUI (for example {redo[0]}). "
             "Load the RL model as a separate merged file instead (ComfyUI's model merging and save nodes make one), "
             "or report this with your ComfyUI version.")
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def runs_compiled(model: Any) -> bool:
+    """Whether the network being run holds a torch.compile'd module (the whole network, or some of its blocks).
+
+    There a forward hook may not run (dynamo does not guard on hooks added after it traced a graph), so the RL part
+    takes the exact way, which dynamo guards (a layer's weight functions), in one forward instead of two. Cached per
+    network object: TorchCompileModel swaps its compiled copy in for each forward.
+    """
+    network = getattr(model, "diffusion_model", None)
+    if not isinstance(network, torch.nn.Module):
+        return False
+    if network not in _COMPILED:
+        _COMPILED[network] = any(hasattr(m, "_orig_mod") for m in network.modules())
+    return _COMPILED[network]
 
 
 def _rows_like(rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
