@@ -7,6 +7,10 @@
   sweep's list, written out); a grid with nothing connected there gets the list of the one sweep upstream of
   its images. Lists that only exist at run time (linked from another node) stay as they are and are compared
   when the grid runs. ComfyUI logs and ignores an exception in a handler, so this one never raises.
+* The queue-time refusals (another on-prompt handler): graphs RLG cannot run as the user wired them (a step cache
+  where it cannot hold per model, nodes/graph_checks.py). The refused RLG node is put in the prompt as RLG queue
+  refusal (nodes/nodes_queue_refusal.py) under its own id, so validation fails there with the reason: the
+  front-end marks the user's node, an HTTP client reads node_errors, and nothing runs.
 * warn(): a warning for the front-end (the event "rlg.warning", which js/rlg_dial.js shows as a toast and on
   the node) and the console.
 
@@ -19,6 +23,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections import deque
+
+from .graph_checks import refusals
+from .nodes_queue_refusal import NODE_ID as REFUSAL_NODE
 
 log = logging.getLogger("ComfyUI-RLG")
 
@@ -39,9 +46,10 @@ def register() -> bool:
     if instance is None or not hasattr(instance, "add_on_prompt_handler"):
         return False
     handlers = getattr(instance, "on_prompt_handlers", [])
-    if not any(getattr(h, "__name__", "") == fill_sweep_scales.__name__ and
-               getattr(h, "__module__", "") == fill_sweep_scales.__module__ for h in handlers):
-        instance.add_on_prompt_handler(fill_sweep_scales)
+    for handler in (fill_sweep_scales, refuse_graphs):
+        if not any(getattr(h, "__name__", "") == handler.__name__ and
+                   getattr(h, "__module__", "") == handler.__module__ for h in handlers):
+            instance.add_on_prompt_handler(handler)
     return True
 
 
@@ -105,4 +113,18 @@ def fill_sweep_scales(json_data):
                 inputs["sweep_scales"] = scales
     except Exception:  # ComfyUI would only log it; never let the pack stand between a user and the queue
         log.debug("RLG: the sweep grid's queue-time step failed", exc_info=True)
+    return json_data
+
+
+def refuse_graphs(json_data):
+    """On-prompt handler: each RLG node graph_checks refuses becomes RLG queue refusal, carrying the reason."""
+    try:
+        prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+        if not isinstance(prompt, dict):
+            return json_data
+        for node_id, reason in refusals(prompt).items():
+            prompt[node_id] = {"class_type": REFUSAL_NODE, "inputs": {"refusal": f"RLG: {reason}"},
+                               "_meta": prompt[node_id].get("_meta", {})}
+    except Exception:  # ComfyUI would only log it; the same graphs are refused again when they run
+        log.debug("RLG: the queue-time graph check failed", exc_info=True)
     return json_data
