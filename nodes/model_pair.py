@@ -126,6 +126,28 @@ class RLModelPair:
     base_options: dict | None = None
 
 
+def _check_nothing_shared(base: ModelPatcher, rl: ModelPatcher, rl_input: str) -> None:
+    """Two models that are not clones of one patcher must not share parts of one network.
+
+    Some loaders copy the model but keep its network (Nunchaku's LoRA loaders keep one quantized transformer and
+    switch LoRAs inside it at each forward; other packs wrap a network again). RLG would run both passes on that one
+    network, with no way to tell which model's state it is in: refused, with the loaders that work.
+    """
+    def modules(patcher) -> dict[int, str]:
+        network = getattr(patcher.model, "diffusion_model", None)
+        return {id(m): name for name, m in network.named_modules()} if network is not None else {}
+
+    base_modules, rl_modules = modules(base), modules(rl)
+    shared = [rl_modules[k] or "the whole network" for k in rl_modules.keys() & base_modules.keys()]
+    if shared:
+        raise RLGInputError(
+            f"{rl_input} and model are two models that share parts of one network ({len(shared)} modules, for example "
+            f"{sorted(shared, key=len)[0]}): the loader of {rl_input} copied the model but kept its network (as "
+            "Nunchaku's LoRA loaders do). RLG runs the base and the RL pass on that one network and cannot tell them "
+            f"apart. Load {rl_input} with a loader of its own (its own model file), or as a LoRA with "
+            "LoraLoaderModelOnly on model.")
+
+
 def _divergent_message(err: DivergentPatchesError, rl_input: str) -> str:
     keys = (err.missing_in_rl + err.changed)[:3]
     return (
@@ -144,8 +166,8 @@ def build_pair(base: ModelPatcher, rl: ModelPatcher, rl_input: str = "rl_model")
     base_patch_keys = {k: len(v) for k, v in base.patches.items()}
 
     if not base.is_clone(rl):
-        return RLModelPair(PairForm.SEPARATE, rl, base_to, base_patch_keys,
-                           base_options=base_options)
+        _check_nothing_shared(base, rl, rl_input)
+        return RLModelPair(PairForm.SEPARATE, rl, base_to, base_patch_keys, base_options=base_options)
 
     try:
         extra = extra_weight_patches(base.patches, rl.patches)

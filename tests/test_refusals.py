@@ -93,3 +93,18 @@ def test_lora_connected_after_rlg_apply_warns_once(caplog):
     with caplog.at_level(logging.WARNING):
         h.ksample(h.rlg(base, rl, 1.5, 0.0, 1.0), steps=3)
     assert "connected after RLG Apply" not in caplog.text
+
+
+def test_two_models_sharing_one_network_are_refused():
+    """A loader that makes a new model around the base's network (Nunchaku's LoRA loaders keep one quantized
+    transformer for both): not a clone, so RLG would take it for a separate model and run both passes on one network.
+    Refused, naming the loaders that work."""
+    import comfy.model_patcher
+
+    base = h.load_model("sd3")
+    copy = h.load_model("sd3")  # another BaseModel and patcher...
+    copy.model.diffusion_model = base.model.diffusion_model  # ...around the base's very network
+    rl = comfy.model_patcher.ModelPatcher(copy.model, load_device=base.load_device, offload_device=base.offload_device)
+    assert not base.is_clone(rl)
+    with pytest.raises(RLGInputError, match="share parts of one network.*Load rl_model with a loader of its own"):
+        h.rlg(base, rl, 1.5)
