@@ -1,7 +1,7 @@
 # Every target sets up the ComfyUI host in .comfy-host/ first (idempotent, cached).
 PY := .comfy-host/venv/bin/python
 
-.PHONY: setup test test-quick lint demo demo-server bench gpu-prepare gpu-check gpu-dry-run
+.PHONY: setup test test-quick lint demo demo-server bench bench-caches gpu-prepare gpu-check gpu-dry-run
 
 setup:
 	bash scripts/setup_host.sh
@@ -29,10 +29,15 @@ demo-server: setup
 	cd .comfy-host/ComfyUI && PYTHONPATH=$(CURDIR) ../venv/bin/python main.py --cpu --listen 127.0.0.1 --port 8188 \
 		--extra-model-paths-config $(CURDIR)/demo/extra_model_paths.yaml $(CURDIR)/.comfy-host/packs.yaml
 
-## bench: RLG time and memory against the models alone, and a scale sweep's cost (prints tables, writes benchmarks/results/)
+## bench: RLG time and memory against the models alone, a scale sweep's cost, RLG under step caches (prints tables, writes benchmarks/results/)
 bench: setup
 	$(PY) -m benchmarks.bench_rlg
 	$(PY) -m benchmarks.bench_sweep
+	$(PY) -m benchmarks.bench_caches
+
+## bench-caches: RLG under each step cache against exact RLG and the base with the same cache (time, error, demo shares)
+bench-caches: setup
+	$(PY) -m benchmarks.bench_caches
 
 ## gpu-prepare: gather what a GPU machine without the registry lacks into .gpu-carry/ (ComfyUI 0.33.0, wheels; ~42 MiB)
 gpu-prepare:
