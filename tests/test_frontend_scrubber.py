@@ -141,8 +141,19 @@ def open_scrubber_page(context, url: str):
 
 def queued_sweep(page, targets=("RLGApply",)) -> dict:
     """Build the sweep in the page, queue it, and wait for the scrubber to show its picture."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    # The page's websocket first: the server sends the grid's result to the client that queued (a prompt it has
+    # run before is answered at once, from its cache).
+    page.wait_for_function("() => { const a = window.comfyAPI?.api?.api; return !!a?.clientId && "
+                           "a.socket?.readyState === 1; }", timeout=60_000)
     ids = page.evaluate(BUILD, [", ".join(f"{s:g}" for s in SCALES), BATCH, PIXELS, list(targets)])
-    page.wait_for_function(LOADED, arg=ids["grid"], timeout=180_000)
+    try:
+        page.wait_for_function(LOADED, arg=ids["grid"], timeout=180_000)
+    except PlaywrightTimeout:
+        queue = page.evaluate("async () => [await (await fetch('/queue')).json(), await (await fetch('/history')).json()]")
+        raise AssertionError(f"no picture on the scrubber: {page.evaluate(STATE, ids['grid'])}; queue and history "
+                             f"{json.dumps(queue)[-3000:]}") from None
     return ids
 
 
@@ -351,7 +362,7 @@ def test_reload_and_saved_workflow_keep_the_choice_and_a_changed_graph_is_said(w
     assert not state["warning"], state["note"]
     # Saved and loaded again: the same; and the widgets are where they were (nothing added to widgets_values).
     saved = page.evaluate("() => JSON.parse(JSON.stringify(app.graph.serialize()))")
-    grid_saved = next(n for n in saved["nodes"] if n["id"] == grid)
+    grid_saved = next(n for n in saved["nodes"] if str(n["id"]) == str(grid))  # 1.58.1: live ids are strings
     assert grid_saved["widgets_values"] == [""] and grid_saved["properties"]["rlg_scrubber"]["scale"] == 1.0
     page.evaluate("async (wf) => { app.graph.clear(); await app.loadGraphData(wf); }", saved)
     page.wait_for_function(LOADED, arg=grid, timeout=60_000)
@@ -399,7 +410,8 @@ def test_workflows_saved_before_the_scrubber_load_as_they_were(workflow_server, 
         assert new["widgets_values"] == old["widgets_values"], path.name
         state = page.evaluate(STATE, new["id"])
         assert not state["result"] and state["image"] is None and not state["fallback"], (path.name, state)
-        assert page.evaluate(f"() => document.querySelector('{ROOT_EL}').classList.contains('rlg-empty')"), path.name
+        assert page.evaluate("(id) => app.graph.getNodeById(id).rlgScrubber.root.classList.contains('rlg-empty')",
+                             new["id"]), path.name
 
 
 def test_front_end_without_dom_widgets_shows_the_grid_with_a_note(workflow_server, context):
