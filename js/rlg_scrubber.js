@@ -324,7 +324,7 @@ const STYLE = `
 .rlg-scrub input[type=range] { flex: 1 1 auto; min-width: 40px; accent-color: #4a9eff; }
 .rlg-scrub .rlg-value { min-width: 34px; text-align: right; font-weight: 600; }
 .rlg-scrub .rlg-note { flex: 0 0 auto; font-size: 12px; color: #bbb; min-height: 15px; max-height: 31px;
-  overflow: hidden; }
+  overflow: hidden; padding: 0 4px; }
 .rlg-scrub .rlg-note.rlg-warn { color: #ffb347; }
 .rlg-scrub .rlg-placeholder { color: #999; padding: 8px; text-align: center; }
 .rlg-scrub.rlg-empty .rlg-row, .rlg-scrub.rlg-empty .rlg-frame, .rlg-scrub.rlg-empty .rlg-note { display: none; }
