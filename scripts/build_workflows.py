@@ -677,8 +677,10 @@ _FLUX = [["note", "unet", "rl", "vae"], ["clip", "pos", "neg"], ["guidance", "rl
          ["save"]]
 LAYOUTS = {
     "rlg_sd35_flowgrpo_pickscore": _SD35, "rlg_sd35_flowgrpo_text": _SD35, "rlg_sd35_flowgrpo_schedule": _SD35,
+    # The sweep grid shows its sweep on the node (js/rlg_scrubber.js): a column of its own, the preview after it,
+    # so the graph stays wide and its top right corner (under the front-ends' queue panel after a queue) is empty.
     "rlg_sd35_flowgrpo_sweep": [["note", "ckpt", "clip"], ["rl", "pos", "neg"], ["rlg", "latent", "sampler"],
-                                ["decode", "grid", "save"]],
+                                ["decode", "grid"], ["save"]],
     "rlg_sd35_flowgrpo_two_loras": [["note", "ckpt", "clip"], ["rl1", "rl2", "pos", "neg"], ["term1", "term2"],
                                     ["rlg", "latent", "sampler"], ["decode", "save"]],
     "rlg_guider_sampler_custom_advanced": [["note", "ckpt", "clip"], ["rl", "pos", "neg"], ["guider", "latent"],
@@ -693,7 +695,7 @@ LAYOUTS = {
                                    ["rl_high", "rl_low", "pos", "neg"], ["rlg_high", "rlg_low", "i2v"],
                                    ["stage1", "stage2"], ["decode", "video", "save"]],
     "rlg_demo": [["note", "base", "rl"], ["rlg", "prompt", "latent"], ["sampler", "decode"], ["preview"]],
-    "rlg_demo_sweep": [["note", "base", "rl"], ["rlg", "prompt", "latent"], ["sampler", "decode", "grid"],
+    "rlg_demo_sweep": [["note", "base", "rl"], ["rlg", "prompt", "latent"], ["sampler", "decode"], ["grid"],
                        ["preview"]],
     "rlg_zimage_turbo_rl_lora": [["note", "unet", "shift", "rl"], ["clip", "pos", "zero", "vae"],
                                  ["rlg", "latent", "sampler"], ["decode", "save"]],

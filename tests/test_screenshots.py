@@ -100,11 +100,12 @@ def test_demo_template_as_it_opens_and_after_a_queue(demo_server, chromium, shot
 FRAME_SCRUBBER = f"""() => {{
   const nodes = {NODES};
   const grid = nodes.find((n) => n.type === 'RLGSweepGrid');
+  const preview = nodes.find((n) => n.type === 'PreviewImage');
   const base = nodes.find((n) => n.type === 'UNETLoader');
   const lora = nodes.find((n) => n.type === 'LoraLoaderModelOnly');
   const apply = LiteGraph.createNode('RLGApply');
   app.graph.add(apply);
-  apply.pos = [grid.pos[0] + grid.size[0] + 48, grid.pos[1]];  // under the preview, beside the grid
+  apply.pos = [preview.pos[0], preview.pos[1] + preview.size[1] + 80];  // under the preview, beside the grid
   base.connect(0, apply, apply.findInputSlot('model'));
   lora.connect(0, apply, apply.findInputSlot('rl_model'));
   app.canvas.ds.scale = 1;
