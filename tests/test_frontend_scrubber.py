@@ -151,7 +151,8 @@ def queued_sweep(page, targets=("RLGApply",)) -> dict:
     try:
         page.wait_for_function(LOADED, arg=ids["grid"], timeout=180_000)
     except PlaywrightTimeout:
-        queue = page.evaluate("async () => [await (await fetch('/queue')).json(), await (await fetch('/history')).json()]")
+        queue = page.evaluate("async () => [await (await fetch('/queue')).json(), "
+                              "await (await fetch('/history')).json()]")
         raise AssertionError(f"no picture on the scrubber: {page.evaluate(STATE, ids['grid'])}; queue and history "
                              f"{json.dumps(queue)[-3000:]}") from None
     return ids
