@@ -400,7 +400,7 @@ def test_reload_and_saved_workflow_keep_the_choice_and_a_changed_graph_is_said(w
 LEGACY = ROOT / "tests" / "legacy_sweep_workflows"
 
 
-def test_workflows_saved_before_the_scrubber_load_as_they_were(workflow_server, context):
+def test_sweep_workflows_saved_before_the_scrubber_load_as_they_were(workflow_server, context):
     page = open_scrubber_page(context, workflow_server.url)
     for path in [*sorted(LEGACY.glob("*.ui.json")), *sorted((ROOT / "example_workflows").glob("*sweep.json"))]:
         workflow = json.loads(path.read_text())
