@@ -11,6 +11,8 @@
 //   in model and rl_model (RLG would have no effect). The server refuses the first two when the prompt is queued,
 //   and warns about the third when the node runs (the event "rlg.warning", shown here as a toast).
 //
+// RLG Sweep Grid also gets the scrubber (js/rlg_scrubber.js), which uses this file's readout and graph helpers.
+//
 // The pure functions are exported, and the test hooks live on one object: window.ComfyUI_RLG.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -25,12 +27,12 @@ const DIAL_WIDGETS = ["rlg_scale", "start_percent", "end_percent", "schedule", "
 const SCALE_LIMIT = 10;
 const MAX_SWEEP_SCALES = 64;
 const ERROR_COLOR = "#a33";
-const LINE_HEIGHT = 16;
+export const LINE_HEIGHT = 16;
 const FONT = "12px sans-serif";
 const BYPASS = 4; // LiteGraph mode of a bypassed node
 const END_SCALE_UNUSED = "end_scale (unused: constant)";
 
-function widget(node, name) {
+export function widget(node, name) {
   return (node.widgets || []).find((w) => w.name === name);
 }
 
@@ -40,7 +42,7 @@ function widgetValue(node, name) {
   return typeof w.value === "string" ? w.value : Number(w.value);
 }
 
-const fmt = (x) => String(Number(Number(x).toFixed(3)));
+export const fmt = (x) => String(Number(Number(x).toFixed(3)));
 
 export function meaningOf(scale) {
   if (scale === 0) return "the base model";
@@ -154,7 +156,7 @@ function inputLink(node, name) {
 }
 
 // The output a link really comes from: through bypassed nodes (their input of the same type) and Reroute nodes.
-function source(node, name) {
+export function source(node, name) {
   let link = inputLink(node, name);
   for (let hops = 0; link && hops < 32; hops++) {
     const origin = node.graph?.getNodeById?.(link.origin_id) ?? app.graph?.getNodeById?.(link.origin_id);
@@ -204,7 +206,10 @@ function sweptList(grid) {
 
 function readout(node) {
   const kind = node.comfyClass ?? node.type;
-  if (kind === GRID) return describeGrid(widgetValue(node, "scales"), sweptList(node));
+  if (kind === GRID) {
+    const g = describeGrid(widgetValue(node, "scales"), sweptList(node));
+    return node.rlgScrubberNote ? summary([...g.lines, node.rlgScrubberNote], g.warning) : g;  // rlg_scrubber.js
+  }
   if (kind === SWEEP) {
     const s = describeSweep(widgetValue(node, "scales"), widgetValue(node, "start_percent"),
       widgetValue(node, "end_percent"), widgetValue(node, "rl_every") ?? 1);
@@ -242,7 +247,8 @@ function markEndScale(node) {
   node.rlgEndScaleUnused = unused;
 }
 
-function refresh(node) {
+// The readout of an RLG node, computed again (after a widget changed, and from rlg_scrubber.js).
+export function refresh(node) {
   const summary = readout(node);
   node.rlgSummary = summary;
   node.rlgKey = keyOf(node);
@@ -264,7 +270,7 @@ function keyOf(node) {
   const parts = (node.widgets || []).map((w) => String(w.value));
   if (PAIR_NODES.has(kind)) parts.push(sameModel(node));
   if (kind === GRID) parts.push(String(sweptList(node)));
-  parts.push(node.rlgServerWarning ?? "");
+  parts.push(node.rlgServerWarning ?? "", node.rlgScrubberNote ?? "");
   return parts.join("\u0001");
 }
 
@@ -335,9 +341,10 @@ app.registerExtension({
   },
 });
 
-// Test hooks, under one object named for the pack.
+// Test hooks, under one object named for the pack; rlg_scrubber.js fills in the scrubber's.
+export const scrubberHooks = {};
 window.ComfyUI_RLG = Object.freeze({
   describeDial, describeSweep, describeGrid, describeWindow, meaningOf, parseScales,
   readout: (node) => node?.rlgSummary ?? null,
-  END_SCALE_UNUSED, LINE_HEIGHT,
+  END_SCALE_UNUSED, LINE_HEIGHT, scrubber: scrubberHooks,
 });

@@ -7,14 +7,17 @@ so row i is what RLG Apply at scale i gives on that latent with that seed.
 
 from __future__ import annotations
 
+import random
+
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from .apply import attach_rlg
 from .errors import RLGInputError
 from .nodes_rlg import CATEGORY, warn_if_same_model
 from .settings import OutsideWindow, RLGSettings, parse_scales
-from .sweep_grid import scale_label, sweep_grid
+from .sweep_grid import grid_layout, scale_label, sweep_grid
+from .sweep_run import run_record
 from .widgets import rl_every_input, validate_window, window_inputs
 
 _SCALES_TOOLTIP = (
@@ -27,6 +30,7 @@ _GRID_SCALES_TOOLTIP = (
     "when the prompt is queued. Needed only for images that do not come from an RLG Scale Sweep."
 )
 _ABSENT = object()  # validate_inputs: an input not in the prompt (a linked one arrives as None)
+SCRUBBER_UI = "rlg_sweep"  # the grid's ui result: what js/rlg_scrubber.js needs to show one scale at a time
 
 
 def _scale_list(text) -> list[float] | None:
@@ -127,7 +131,9 @@ class RLGSweepGrid(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Lays out the decoded images of an RLG Scale Sweep as one picture, the scale under each image. The "
-                "labels come from the sweep: connect its scales output to sweep_scales."),
+                "labels come from the sweep: connect its scales output to sweep_scales. After a queue the node shows "
+                "the sweep one scale at a time: step through the scales with the slider or the arrow keys, compare "
+                "two, and send the one you like to RLG Apply, RLG Guider or RLG RL Model with 'Use this scale'."),
             inputs=[
                 io.Image.Input("images", tooltip="The decoded images of the sweep (VAE Decode of the sampled latent)."),
                 # Optional and after images, so workflows saved with a typed list load with it in place.
@@ -136,6 +142,9 @@ class RLGSweepGrid(io.ComfyNode):
                                 tooltip="RLG Scale Sweep's scales output: the grid's labels."),
             ],
             outputs=[io.Image.Output(tooltip="One picture: a column per scale, its value written under each image.")],
+            # An output node: the grid shows its sweep on the node (the scrubber), a preview node is optional.
+            is_output_node=True,
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -171,7 +180,23 @@ class RLGSweepGrid(io.ComfyNode):
                 f"images has {images.shape[0]} images but {'sweep_scales' if swept else 'scales'} lists {len(values)} "
                 "values; connect the images decoded from the RLG Scale Sweep's latent, and its scales output to "
                 "sweep_scales.")
-        return io.NodeOutput(sweep_grid(images, [scale_label(v) for v in values]))
+        labels = [scale_label(v) for v in values]
+        grid = sweep_grid(images, labels)
+        return io.NodeOutput(grid, ui={SCRUBBER_UI: [cls._scrubber(grid, images, values, labels)]})
+
+    @classmethod
+    def _scrubber(cls, grid: torch.Tensor, images: torch.Tensor, values: list[float], labels: list[str]) -> dict:
+        """The picture, saved to ComfyUI's temp folder as PreviewImage saves its images, and where each image lies
+        in it; what the run used, for the front-end's "these images are from an earlier run" note."""
+        hidden = cls.hidden
+        prefix = "RLG_sweep_grid_" + "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5))
+        (saved,) = ui.ImageSaveHelper.save_images(grid, filename_prefix=prefix, folder_type=io.FolderType.temp,
+                                                  cls=cls, compress_level=1)
+        layout = grid_layout(images.shape[0], images.shape[1], images.shape[2], len(values))
+        node_id = getattr(hidden, "unique_id", None)
+        return {"image": dict(saved), "scales": values, "labels": labels, "layout": layout.as_dict(),
+                "node": None if node_id is None else str(node_id),
+                "run": run_record(getattr(hidden, "prompt", None), node_id)}
 
 
 NODES = [RLGScaleSweep, RLGSweepGrid]

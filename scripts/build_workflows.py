@@ -1,6 +1,7 @@
 """Build example_workflows/*.json, their API twins and their thumbnails in the real ComfyUI front-end.
 
     .comfy-host/venv/bin/python -m scripts.build_workflows      (from the checkout)
+    .comfy-host/venv/bin/python -m scripts.build_workflows rlg_demo_sweep rlg_sd35_flowgrpo_sweep   (only these)
 
 Each workflow is described below as nodes (type, widget values by name), links (by input name) and a
 layout (columns of nodes, left to right; each column top to bottom). The script starts the host ComfyUI
@@ -676,8 +677,10 @@ _FLUX = [["note", "unet", "rl", "vae"], ["clip", "pos", "neg"], ["guidance", "rl
          ["save"]]
 LAYOUTS = {
     "rlg_sd35_flowgrpo_pickscore": _SD35, "rlg_sd35_flowgrpo_text": _SD35, "rlg_sd35_flowgrpo_schedule": _SD35,
+    # The sweep grid shows its sweep on the node (js/rlg_scrubber.js): a column of its own, the preview after it,
+    # so the graph stays wide and its top right corner (under the front-ends' queue panel after a queue) is empty.
     "rlg_sd35_flowgrpo_sweep": [["note", "ckpt", "clip"], ["rl", "pos", "neg"], ["rlg", "latent", "sampler"],
-                                ["decode", "grid", "save"]],
+                                ["decode", "grid"], ["save"]],
     "rlg_sd35_flowgrpo_two_loras": [["note", "ckpt", "clip"], ["rl1", "rl2", "pos", "neg"], ["term1", "term2"],
                                     ["rlg", "latent", "sampler"], ["decode", "save"]],
     "rlg_guider_sampler_custom_advanced": [["note", "ckpt", "clip"], ["rl", "pos", "neg"], ["guider", "latent"],
@@ -692,7 +695,7 @@ LAYOUTS = {
                                    ["rl_high", "rl_low", "pos", "neg"], ["rlg_high", "rlg_low", "i2v"],
                                    ["stage1", "stage2"], ["decode", "video", "save"]],
     "rlg_demo": [["note", "base", "rl"], ["rlg", "prompt", "latent"], ["sampler", "decode"], ["preview"]],
-    "rlg_demo_sweep": [["note", "base", "rl"], ["rlg", "prompt", "latent"], ["sampler", "decode", "grid"],
+    "rlg_demo_sweep": [["note", "base", "rl"], ["rlg", "prompt", "latent"], ["sampler", "decode"], ["grid"],
                        ["preview"]],
     "rlg_zimage_turbo_rl_lora": [["note", "unet", "shift", "rl"], ["clip", "pos", "zero", "vae"],
                                  ["rlg", "latent", "sampler"], ["decode", "save"]],
@@ -704,10 +707,10 @@ LAYOUTS = {
                          ["select", "sampler", "decode"], ["video", "save"]],
 }
 # Sizes by node type (a node's own "size" comes first), never below what the front-end needs for the node: nodes
-# that show pictures get room for them, so a queue does not grow them over their neighbours; prompts are kept
-# compact (their text box scrolls).
+# that show pictures get room for them, so a queue does not grow them over their neighbours (RLG Sweep Grid shows
+# its sweep one scale at a time, js/rlg_scrubber.js); prompts are kept compact (their text box scrolls).
 SIZES = {"SaveImage": [320, 320], "PreviewImage": [320, 320], "CLIPTextEncode": [300, 150],
-         "TextEncodeQwenImageEdit": [300, 150]}
+         "TextEncodeQwenImageEdit": [300, 150], "RLGSweepGrid": [400, 560]}
 NOTE_WIDTH = 320
 COLUMN_GAP = 48  # between a column's widest node and the next column
 ROW_GAP = 24  # between a node's bottom and the next node's badge
@@ -782,7 +785,8 @@ def all_workflows() -> dict[str, tuple[dict, list]]:
     return {**workflows(), **family_workflows()}
 
 
-def main() -> None:
+def main(only: list[str] | None = None) -> None:
+    """Build every workflow, or the ones named in `only`."""
     from harness import host
 
     host.use_comfy()
@@ -799,6 +803,8 @@ def main() -> None:
     try:
         with browser_page(server.url) as page:
             for name, (nodes, links) in all_workflows().items():
+                if only and name not in only:
+                    continue
                 text = page.evaluate(BUILD_JS, [described(name, nodes), links, LAYOUTS[name], MODELS, geometry])
                 workflow, api = (json.loads(t) for t in text)
                 (out_ui / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
@@ -818,4 +824,9 @@ def extent(workflow: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    unknown = sorted(set(sys.argv[1:]) - set(all_workflows()))
+    if unknown:
+        raise SystemExit(f"no such workflow: {', '.join(unknown)}")
+    main(sys.argv[1:] or None)

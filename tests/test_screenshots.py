@@ -1,5 +1,5 @@
 """The demo templates in the real front-end, as they open and after a queue: laid out for their pictures, and
-photographed for the README.
+photographed for the README; the scrubber on the demo sweep's grid (docs/scrubber.md).
 
 The demo pair comes from RLG_DEMO_MODELS (a models folder with diffusion_models/ and loras/, as `make demo`
 writes it), else from the host's models folder when `make demo` has run, else it is trained here at a tiny size
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.frontend_layout import DRAWN, VISIBILITY, drawn_problems, hidden_nodes, open_template
+from harness.frontend_layout import ABOVE, DRAWN, NODES, VISIBILITY, drawn_problems, hidden_nodes, open_template
 from harness.host import ROOT, comfy_dir
 
 pytestmark = [pytest.mark.server, pytest.mark.frontend]
@@ -94,3 +94,65 @@ def test_demo_template_as_it_opens_and_after_a_queue(demo_server, chromium, shot
     finally:
         context.close()
     assert (shots / f"{name}_queued.png").stat().st_size > 0
+
+
+# The demo sweep's grid framed at scale 1 with an RLG Apply on the demo pair beside it, to send the scale to.
+FRAME_SCRUBBER = f"""() => {{
+  const nodes = {NODES};
+  const grid = nodes.find((n) => n.type === 'RLGSweepGrid');
+  const preview = nodes.find((n) => n.type === 'PreviewImage');
+  const base = nodes.find((n) => n.type === 'UNETLoader');
+  const lora = nodes.find((n) => n.type === 'LoraLoaderModelOnly');
+  const apply = LiteGraph.createNode('RLGApply');
+  app.graph.add(apply);
+  apply.pos = [preview.pos[0], preview.pos[1] + preview.size[1] + 80];  // under the preview, beside the grid
+  base.connect(0, apply, apply.findInputSlot('model'));
+  lora.connect(0, apply, apply.findInputSlot('rl_model'));
+  app.canvas.ds.scale = 1;
+  app.canvas.ds.offset = [140 - grid.pos[0], 170 - grid.pos[1]];  // below the front-end's menus
+  app.canvas.setDirty(true, true);
+  return [grid.id, apply.id];
+}}"""
+# The screen box of some nodes (title bars and badges included), with a margin.
+CLIP = f"""(ids) => {{
+  const r = (app.canvasEl ?? app.canvas.canvas).getBoundingClientRect(), ds = app.canvas.ds;
+  const boxes = ids.map((id) => app.graph.getNodeById(id)).map((n) => [n.pos[0], n.pos[1] - {ABOVE},
+    n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+  const x0 = Math.min(...boxes.map((b) => b[0])), y0 = Math.min(...boxes.map((b) => b[1]));
+  const x1 = Math.max(...boxes.map((b) => b[2])), y1 = Math.max(...boxes.map((b) => b[3]));
+  const m = 16, sx = r.left + (x0 + ds.offset[0]) * ds.scale - m, sy = r.top + (y0 + ds.offset[1]) * ds.scale - m;
+  return {{x: Math.max(0, sx), y: Math.max(0, sy), width: (x1 - x0) * ds.scale + 2 * m,
+           height: (y1 - y0) * ds.scale + 2 * m}};
+}}"""
+SCRUBBER_READY = """(id) => { const n = app.graph.getNodeById(id);
+  return !!n && window.ComfyUI_RLG?.scrubber?.state(n).image === 'loaded'; }"""
+
+
+def test_scrubber_on_the_demo_sweep(demo_server, chromium, shots):
+    """After one queue of the demo sweep: rlg_scale 1.5 shown large and sent to an RLG Apply (rlg_scrubber.png),
+    then 0 and 1.5 side by side (rlg_scrubber_compare.png)."""
+    name = "rlg_demo_sweep"
+    workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    context, page = open_template(chromium, demo_server, name, len(workflow["nodes"]))
+    try:
+        grid, apply = page.evaluate(FRAME_SCRUBBER)
+        page.wait_for_function("() => window.comfyAPI?.api?.api?.socket?.readyState === 1", timeout=60_000)
+        page.evaluate("async () => { await app.queuePrompt(0, 1); }")
+        page.wait_for_function(SCRUBBER_READY, arg=grid, timeout=300_000)
+        page.locator(".rlg-scrub").focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        page.keyboard.press("Enter")
+        value = page.evaluate("(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'rlg_scale').value",
+                              apply)
+        assert value == 1.5
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "rlg_scrubber.png"), clip=page.evaluate(CLIP, [grid, apply]))
+        page.locator('.rlg-scrub select[aria-label="view"]').select_option("side")
+        page.locator('.rlg-scrub select[aria-label="second scale"]').select_option("0")
+        page.locator(".rlg-scrub").focus()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "rlg_scrubber_compare.png"), clip=page.evaluate(CLIP, [grid]))
+    finally:
+        context.close()
+    assert (shots / "rlg_scrubber.png").stat().st_size > 0 and (shots / "rlg_scrubber_compare.png").stat().st_size > 0
