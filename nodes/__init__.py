@@ -4,7 +4,8 @@ Where things are, top down (each layer imports only the ones below it):
 
   nodes            nodes_rlg.py     RLG Apply, RLG Guider (one RL model)
                    nodes_multi.py   RLG RL Model, RLG Apply / Guider (several RL models)
-                   nodes_sweep.py   RLG Scale Sweep, RLG Sweep Grid (sweep_grid.py draws the grid)
+                   nodes_sweep.py   RLG Scale Sweep, RLG Sweep Grid (sweep_grid.py draws the grid, sweep_run.py
+                                    records what the run used, for the front-end's scrubber)
                    server_hooks.py  the running server: the sweep grid's queue-time list, queue-time refusals,
                                     warnings to the front-end
                    nodes_queue_refusal.py  the stand-in node a queue-time refusal is reported on

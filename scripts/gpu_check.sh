@@ -50,7 +50,7 @@ SIZE="${RLG_GPU_CHECK_SIZE:-$SIZE_DEFAULT}"
 REPS="${RLG_GPU_CHECK_REPS:-$REPS_DEFAULT}"
 BUDGET="${RLG_GPU_CHECK_BUDGET:-420}"
 TESTS_DEFAULT="tests/test_rlg_math.py tests/test_sampling.py tests/test_rl_pass_proof.py tests/test_quantized.py
-  tests/test_sweep.py tests/test_rl_every.py tests/test_families.py tests/test_multi.py"
+  tests/test_sweep.py tests/test_rl_every.py tests/test_families.py tests/test_multi.py tests/test_step_caches.py"
 read -r -a TESTS <<<"$(echo ${RLG_GPU_CHECK_TESTS:-$TESTS_DEFAULT})"
 IFS=, read -r -a MEMORY_CASES <<<"${RLG_GPU_CHECK_MEMORY:-base,rlg,rlg_lora,rlg_lora_batched}"
 
