@@ -7,7 +7,8 @@ imported and the constructor's reroute to a plain ModelPatcher for CPU load devi
 samples on the CPU. On the CPU it cannot stage weight patches (no VRAM pages), so the base here carries none and the
 RL model is the base plus a LoRA, which RLG runs itself. Checked: RLG at w = 0 and 1 on the dynamic patcher, and on
 the non-dynamic delegate CFGGuider swaps in when a cond carries hooks (a freshly loaded module), against a plain
-ModelPatcher's base and RL model. Prints one JSON line: {"dynamic", "delegate", "diffs", "tolerance"}.
+ModelPatcher's base and RL model; and under EasyCache, where the LoRA takes the weight-function way. Prints one
+JSON line: {"dynamic", "delegate", "diffs", "tolerance"}.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import comfy.sd  # noqa: E402
 import torch  # noqa: E402
 
 from harness import sampling as h  # noqa: E402
+from harness import step_cache_nodes as scn  # noqa: E402
 from harness import tiny_models as tm  # noqa: E402
 from harness.pack import load_pack  # noqa: E402
 
@@ -71,6 +73,11 @@ def main() -> None:
         for w in (0.0, 1.0):
             diffs[f"{label} w={w:g}"] = h.max_diff(guided(h.rlg(base, rl, w, 0.0, 1.0), cond), ref[w])
     delegate = seen[-1]
+    # Under a step cache the LoRA RL pass takes its weight functions (step_caches.py): on the dynamic patcher too.
+    easy = scn.easycache()
+    for w in (0.0, 1.0):
+        cached = easy.apply(h.rlg(base, rl, w), 0.0)
+        diffs[f"dynamic + EasyCache w={w:g}"] = h.max_diff(guided(cached, positive), ref[w])
     print(json.dumps({"dynamic": isinstance(base, dynamic_cls) and base.is_dynamic(),
                       "delegate": delegate.model is not base.model and not delegate.is_dynamic(),
                       "diffs": diffs, "tolerance": h.tolerance(ref[1.0]),
