@@ -39,8 +39,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 SCALE = 2.0
 # FLUX.1's layout at a size a CPU samples in seconds: 256 wide, 4 heads, 2 double and 4 single blocks, 16 x 16 latent.
 FLUX_SIZE = {"hidden_size": 256, "num_heads": 4, "axes_dim": [16, 24, 24], "depth": 2, "depth_single_blocks": 4}
-THRESHOLDS = {"EasyCache": 0.3, "LazyCache": 0.3, "TeaCache": 0.4, "ApplyFBCacheOnModel": 0.12}
-DEMO_THRESHOLDS = {"LazyCache": 0.3, "ApplyFBCacheOnModel": 0.12}
+CACHES = ("EasyCache", "LazyCache", "TeaCache", "ApplyFBCacheOnModel")
+DEMO_CACHES = ("LazyCache", "ApplyFBCacheOnModel")  # EasyCache and TeaCache do not engage on SD3
 
 
 def _setup():
@@ -64,6 +64,33 @@ def _caches(names) -> dict:
         except Exception as err:  # noqa: BLE001  (a pack that fails on this host by itself)
             skipped[name] = f"{type(err).__name__}: {err}"
     return out, skipped
+
+
+LADDER = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0)
+
+
+class Forwards:
+    """Full network forwards: the network's last block runs only where no cache served the call."""
+
+    def __init__(self, block):
+        self.block, self.calls = block, 0
+
+    def __enter__(self):
+        self.handle = self.block.register_forward_pre_hook(lambda *a: setattr(self, "calls", self.calls + 1))
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def calibrate(node, base, sample, block, steps: int) -> float:
+    """The cache's threshold: the smallest of LADDER at which the base with it computes at most 60% of its steps."""
+    for threshold in LADDER:
+        with Forwards(block) as forwards:
+            sample(node.apply(base, threshold))()
+        if forwards.calls <= 0.6 * steps:
+            return threshold
+    return LADDER[-1]
 
 
 def _timed(runs: dict, reps: int) -> tuple[dict, dict]:
@@ -111,29 +138,47 @@ def flux_part(quick: bool) -> list[dict]:
         return lambda: comfy.sample.sample(model, noise, steps, 3.0, "euler", "simple", positive, negative, latent,
                                            denoise=1.0, disable_pbar=True, seed=42)
 
-    caches, skipped = _caches(THRESHOLDS)
+    caches, skipped = _caches(CACHES)
+    block = base.model.diffusion_model.single_blocks[-1]
+    with torch.inference_mode():
+        thresholds = {name: calibrate(node, base, sample, block, steps) for name, node in caches.items()}
     runs = {"base": sample(base), "RLG": sample(h.rlg(base, rl, SCALE)),
             "RLG rl_every 2": sample(h.rlg(base, rl, SCALE, rl_every=2))}
     for name, node in caches.items():
-        t = THRESHOLDS[name]
+        t = thresholds[name]
         runs[f"base + {name}"] = sample(node.apply(base, t))
         # What RLG pays under the cache when it reuses nothing: the LoRA RL pass's exact way (weight functions).
         runs[f"RLG + {name}, nothing reused"] = sample(node.apply(h.rlg(base, rl, SCALE), node.nothing_reused))
         runs[f"RLG + {name}"] = sample(node.apply(h.rlg(base, rl, SCALE), t))
         runs[f"RLG rl_every 2 + {name}"] = sample(node.apply(h.rlg(base, rl, SCALE, rl_every=2), t))
     with torch.inference_mode():
-        for fn in runs.values():  # warm-up
-            fn()
+        forwards = _forwards(runs, block)
         med, outs = _timed(runs, reps)
     rows = []
     for case in runs:
         reference = "base" if case.startswith("base") else "RLG"
-        rows.append({"part": "flux", "case": case, "threshold": next((THRESHOLDS[n] for n in caches if n in case), ""),
-                     "time_ratio": med[case] / med[reference], "vs": reference,
-                     "max_diff": h.max_diff(outs[case], outs[reference]), "seconds": med[case]})
+        rows.append(_row("flux", case, reference, med, outs, forwards, thresholds, h))
     for name, why in skipped.items():
         rows.append({"part": "flux", "case": f"RLG + {name}", "skipped": why})
     return rows
+
+
+def _forwards(runs: dict, block) -> dict:
+    """{case: full network forwards of one run}; also the warm-up of every case."""
+    out = {}
+    for case, fn in runs.items():
+        with Forwards(block) as forwards:
+            fn()
+        out[case] = forwards.calls
+    return out
+
+
+def _row(part, case, reference, med, outs, forwards, thresholds, h) -> dict:
+    scale = float(outs[reference].abs().max())
+    return {"part": part, "case": case, "vs": reference,
+            "threshold": next((t for name, t in thresholds.items() if case.endswith(name)), ""),
+            "forwards": forwards[case], "time_ratio": med[case] / med[reference],
+            "max_diff": h.max_diff(outs[case], outs[reference]) / scale, "seconds": med[case]}
 
 
 def demo_part(quick: bool) -> list[dict]:
@@ -164,27 +209,29 @@ def demo_part(quick: bool) -> list[dict]:
             model, noise, run_demo.STEPS, 1.0, "euler", "simple", positive, negative, latent, denoise=1.0,
             disable_pbar=True, seed=1))
 
-    caches, skipped = _caches(DEMO_THRESHOLDS)
+    caches, skipped = _caches(DEMO_CACHES)
+    block = base.model.diffusion_model.joint_blocks[-1]
+    with torch.inference_mode():
+        thresholds = {name: calibrate(node, base, sample, block, run_demo.STEPS) for name, node in caches.items()}
     runs = {"base": sample(base), "RLG": sample(h.rlg(base, rl, SCALE)),
             "RLG rl_every 2": sample(h.rlg(base, rl, SCALE, rl_every=2))}
     for name, node in caches.items():
-        t = DEMO_THRESHOLDS[name]
+        t = thresholds[name]
         runs[f"base + {name}"] = sample(node.apply(base, t))
         runs[f"RLG + {name}"] = sample(node.apply(h.rlg(base, rl, SCALE), t))
         runs[f"RLG rl_every 2 + {name}"] = sample(node.apply(h.rlg(base, rl, SCALE, rl_every=2), t))
     with torch.inference_mode():
-        for fn in runs.values():
-            fn()
+        forwards = _forwards(runs, block)
         med, outs = _timed(runs, reps)
     exact = {k: synthetic.classify(outs[k]) for k in ("base", "RLG")}
     rows = []
     for case, x in outs.items():
         modes = synthetic.classify(x)
         reference = "base" if case.startswith("base") else "RLG"
-        rows.append({"part": "demo", "case": case, "time_ratio": med[case] / med[reference], "vs": reference,
-                     "red_share": float((modes == synthetic.REWARDED_MODE).float().mean()),
-                     "switched": float((modes != exact[reference]).float().mean()),
-                     "max_diff": h.max_diff(x, outs[reference]), "seconds": med[case]})
+        row = _row("demo", case, reference, med, outs, forwards, thresholds, h)
+        row.update(red_share=float((modes == synthetic.REWARDED_MODE).float().mean()),
+                   switched=float((modes != exact[reference]).float().mean()))
+        rows.append(row)
     for name, why in skipped.items():
         rows.append({"part": "demo", "case": f"RLG + {name}", "skipped": why})
     return rows
@@ -213,16 +260,17 @@ def verdicts(rows: list[dict]) -> list[str]:
 def print_table(rows: list[dict]) -> None:
     for part, title in (("flux", "FLUX.1-shaped model, LoRA RL model, w = 2"), ("demo", "the demo pair, w = 2")):
         print(f"\n[{title}]")
-        head = f"{'case':<36}{'time':>7}{'vs':>6}{'max |diff|':>12}"
+        head = f"{'case':<44}{'threshold':>10}{'forwards':>9}{'time':>7}{'vs':>6}{'rel. max |diff|':>16}"
         if part == "demo":
             head += f"{'red discs':>11}{'switched':>10}"
         print(head)
         print("-" * len(head))
         for r in (r for r in rows if r["part"] == part):
             if "skipped" in r:
-                print(f"{r['case']:<36} skipped (fails on this ComfyUI by itself: {r['skipped'][:80]})")
+                print(f"{r['case']:<44} skipped (fails on this ComfyUI by itself: {r['skipped'][:80]})")
                 continue
-            line = f"{r['case']:<36}{r['time_ratio']:>7.2f}{r['vs']:>6}{r['max_diff']:>12.3g}"
+            line = (f"{r['case']:<44}{r['threshold']!s:>10}{r['forwards']:>9}{r['time_ratio']:>7.2f}{r['vs']:>6}"
+                    f"{r['max_diff']:>16.3g}")
             if part == "demo":
                 line += f"{r['red_share']:>11.3f}{r['switched']:>10.3f}"
             print(line)
@@ -247,8 +295,8 @@ def main() -> None:
         print(line)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"caches_{host.comfy_version()}{'_quick' if args.quick else ''}.csv"
-    fields = ["part", "case", "threshold", "time_ratio", "vs", "max_diff", "red_share", "switched", "seconds",
-              "skipped"]
+    fields = ["part", "case", "threshold", "forwards", "time_ratio", "vs", "max_diff", "red_share", "switched",
+              "seconds", "skipped"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

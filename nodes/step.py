@@ -143,7 +143,8 @@ class RLGCondBatchWrapper:
 
         Only on the run's own passes (an extra pass of PAG or SLG evaluates every RL model), only where the base
         runs anyway (at w = 1 the RL model alone is one forward, already the least), inside the term's window,
-        between its evaluation steps, and where its last evaluation fits these outputs.
+        between its evaluation steps, and where its last evaluation fits these outputs and is fewer than n steps
+        back (a step cache that serves RLG's whole step, LazyCache, can skip an evaluation step).
         """
         if model_options is not run.options or not plan.run_base:
             return set()
@@ -153,9 +154,15 @@ class RLGCondBatchWrapper:
             window = self._window(k, model)
             if every == 1 or not window.contains(sigma):
                 continue
-            if evaluates_at(schedule_index(sigma, run.schedule), first_step_in(window, run.schedule), every):
+            step = schedule_index(sigma, run.schedule)
+            if evaluates_at(step, first_step_in(window, run.schedule), every):
                 continue
-            if run.history(k).fits(sigma, [None if c is None else x_in for c in term_conds[k]]):
+            history = run.history(k)
+            if history.points and step is not None:
+                last = schedule_index(history.points[-1][0], run.schedule)
+                if last is not None and step - last >= every:
+                    continue  # steps no call reached (a cache served the whole step): evaluate rather than stretch
+            if history.fits(sigma, [None if c is None else x_in for c in term_conds[k]]):
                 out.add(k)
         return out
 

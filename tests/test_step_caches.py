@@ -305,3 +305,35 @@ def test_the_cache_state_of_a_run_ends_with_it():
     model, _, _ = graph(cache, "lora", "after", 2.0, cache.reusing)
     first = ksample(model)
     assert torch.equal(ksample(model), first)
+
+
+def test_rl_every_evaluates_again_after_steps_a_whole_step_cache_served():
+    """LazyCache serves RLG's whole step, RL model included, so an rl_every evaluation step can pass with no call at
+    all. The next call then evaluates the RL model instead of stretching its estimate over the gap: at every step
+    RLG computes, the RL model's last evaluation is less than rl_every steps back."""
+    import comfy.samplers
+
+    cache = scn.get("LazyCache")
+    base, rl = base_model(), separate_rl()
+    model = cache.apply(h.rlg(base, rl, 2.0, rl_every=2), cache.reusing)
+    schedule = [float(s) for s in comfy.samplers.calculate_sigmas(base.get_model_object("model_sampling"), "simple",
+                                                                    STEPS)]
+    steps = {"base": [], "rl": []}
+
+    def record(who):
+        def hook(module, args, kwargs):
+            t = float((args[1] if len(args) > 1 else kwargs["timesteps"]).flatten()[0])
+            steps[who].append(min(range(STEPS), key=lambda i: abs(schedule[i] - t)))
+        return hook
+
+    hooks = [p.model.diffusion_model.register_forward_pre_hook(record(who), with_kwargs=True)
+             for who, p in (("base", base), ("rl", rl))]
+    try:
+        ksample(model)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    assert len(steps["base"]) < STEPS  # LazyCache served some steps whole
+    assert any(s % 2 for s in steps["rl"]), steps  # an evaluation off the every-2nd pattern: after a served step
+    for s in steps["base"]:
+        assert max(e for e in steps["rl"] if e <= s) >= s - 1, (s, steps)
