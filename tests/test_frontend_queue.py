@@ -17,16 +17,15 @@ import json
 
 import pytest
 
-from harness.host import ROOT
+from harness import templates
 
 pytestmark = [pytest.mark.server, pytest.mark.frontend]
 
-UI_DIR = ROOT / "example_workflows"
 NODES = "(app.graph.nodes ?? app.graph._nodes)"
 
 
 def workflow(name: str) -> dict:
-    return json.loads((UI_DIR / f"{name}.json").read_text())
+    return json.loads(templates.ui_path(name).read_text())
 
 
 def version(page) -> tuple[int, ...]:

@@ -1,5 +1,5 @@
-"""The demo templates in the real front-end, as they open and after a queue: laid out for their pictures, and
-photographed for the README.
+"""Templates in the real front-end, photographed for the docs: the demo templates as they open and after a queue
+(laid out for their pictures), and one template of the pack as it opens (the README's first picture).
 
 The demo pair comes from RLG_DEMO_MODELS (a models folder with diffusion_models/ and loras/, as `make demo`
 writes it), else from the host's models folder when `make demo` has run, else it is trained here at a tiny size
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import templates
 from harness.frontend_layout import DRAWN, VISIBILITY, drawn_problems, hidden_nodes, open_template
 from harness.host import ROOT, comfy_dir
 
@@ -79,8 +80,8 @@ SHOWN = """(type) => {
 
 @pytest.mark.parametrize("name", sorted(DEMO_TEMPLATES))
 def test_demo_template_as_it_opens_and_after_a_queue(demo_server, chromium, shots, name):
-    workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
-    context, page = open_template(chromium, demo_server, name, len(workflow["nodes"]))
+    workflow = json.loads(templates.ui_path(name).read_text())
+    context, page = open_template(chromium, demo_server, name, len(workflow["nodes"]), source=templates.source_of(name))
     try:
         assert not hidden_nodes(page.evaluate(VISIBILITY, 8)), "not everything is in view when it opens"
         page.screenshot(path=str(shots / f"{name}_open.png"))
@@ -94,3 +95,19 @@ def test_demo_template_as_it_opens_and_after_a_queue(demo_server, chromium, shot
     finally:
         context.close()
     assert (shots / f"{name}_queued.png").stat().st_size > 0
+
+
+# A template of the pack with real families' files, as an artist meets it: the README's first picture. The workflow
+# server has stand-in files of every name the templates select, so no missing-model dialog covers it.
+PACK_TEMPLATE = "rlg_sd35_flowgrpo_pickscore"
+
+
+def test_pack_template_as_it_opens(workflow_server, chromium, shots):
+    workflow = json.loads(templates.ui_path(PACK_TEMPLATE).read_text())
+    context, page = open_template(chromium, workflow_server, PACK_TEMPLATE, len(workflow["nodes"]))
+    try:
+        assert not hidden_nodes(page.evaluate(VISIBILITY, 8)), "not everything is in view when it opens"
+        page.screenshot(path=str(shots / f"{PACK_TEMPLATE}_open.png"))
+    finally:
+        context.close()
+    assert (shots / f"{PACK_TEMPLATE}_open.png").stat().st_size > 0
