@@ -15,7 +15,7 @@ The exit status is 1 if the pinned files differ between kinds.
 
 Sampling (--sample DIR, a models folder `make demo` filled): the demo's whole sampling through ComfyUI, its server
 under each kind (not pinned: ComfyUI samples at the CPU's own speed), and its tables compared without their
-seconds. The exit status is 1 if they differ.
+seconds, and the demo's claims checked on each kind's samples. The exit status is 1 if the tables differ.
 """
 
 from __future__ import annotations
@@ -74,9 +74,12 @@ def sample_tables(models: Path, kinds: list[str], out: Path) -> dict[str, dict]:
     result = {}
     for kind in kinds:
         folder = out / kind.split(",")[0].replace(" ", "_")
-        run_demo.run(models, folder, out / "work", train.TrainConfig(), quiet=True, server_env=KINDS[kind])
+        rows, _, cost, _ = run_demo.run(models, folder, out / "work", train.TrainConfig(), quiet=True,
+                                        server_env=KINDS[kind])
         result[kind] = _tables(folder)
-        print(f"  {kind}: {folder}", flush=True)
+        print(f"  {kind}:", flush=True)
+        for claim, holds in run_demo.claims(rows, cost):
+            print(f"    {'holds' if holds else 'FAILS'}: {claim}", flush=True)
     return result
 
 

@@ -109,16 +109,17 @@ def _code_version() -> str:
     return hashlib.sha256(b"".join(f.read_bytes() for f in CODE_FILES)).hexdigest()
 
 
-def ensure_models(models_dir: Path, config: train.TrainConfig, quiet: bool = False) -> dict:
-    """Train the base and both RL models into models_dir unless a cached copy with the same config and code is there."""
+def ensure_models(models_dir: Path, config: train.TrainConfig, quiet: bool = False, native: bool = False) -> dict:
+    """Train the base and both RL models into models_dir unless a cached copy with the same config and code is there.
+    native: with the CPU's own numerics, faster but this CPU's files (tests that need no figures of the demo's)."""
     unet_dir, lora_dir = models_dir / "diffusion_models", models_dir / "loras"
     files = dict(zip(train.FILES, (unet_dir / BASE_FILE, unet_dir / RL_FILE, lora_dir / LORA_FILE,
                                    lora_dir / LORA2_FILE), strict=True))
     manifest_path = unet_dir / "rlg_demo_manifest.json"
-    wanted = {"config": config.as_dict(), "code": _code_version()}
+    wanted = {"config": config.as_dict(), "code": _code_version(), "native": native}
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if ({k: manifest.get(k) for k in wanted} == wanted
+        if ({k: manifest.get(k, False) for k in wanted} == wanted  # manifests before "native" were pinned
                 and all(p.exists() and _sha256(p) == manifest["sha256"][k] for k, p in files.items())):
             if not quiet:
                 print(f"demo models: cached copy is valid ({unet_dir})")
@@ -127,7 +128,7 @@ def ensure_models(models_dir: Path, config: train.TrainConfig, quiet: bool = Fal
     t0 = time.perf_counter()
     models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".training-") as tmp:
-        stats = train.train_in_process(config, Path(tmp), quiet)
+        stats = train.train_in_process(config, Path(tmp), quiet, native)
         for name, path in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(Path(tmp) / f"{name}.safetensors", path)
@@ -321,6 +322,9 @@ def grid_sweep(server: ComfyServer, grid_scales, samples: int, seed: int, betas:
 # ---------------------------------------------------------------- what the demo shows
 
 EVERY_2_SHARE, EVERY_2_SWITCHED = 0.02, 0.03  # rl_every 2 against exact RLG: the share's distance, samples switched
+# RLG at w = 1 against the RL model alone: float rounding, relative to the latents' size (the LoRA runs as a hook in
+# RLG and merged into the weights alone; the claim prints the differences measured).
+W1_ROUNDING = 1e-3
 
 
 def claims(rows: list[SweepRow], cost: list[CostRow]) -> list[tuple[str, bool]]:
@@ -332,9 +336,11 @@ def claims(rows: list[SweepRow], cost: list[CostRow]) -> list[tuple[str, bool]]:
     dial = sorted((r.scale, r.mean_reward) for r in rows if r.scale is not None)
     exact = {r.w: r.share for r in cost if r.method == "RLG"}
     every_2 = [r for r in cost if r.method == "RLG, RL every 2nd step"]
+    to_lora, to_full = max_diff(w1, lora), max_diff(w1, full)
     return [
-        ("RLG at w = 1 is the RL model alone (as a LoRA and as a merged file), to float rounding",
-         max_diff(w1, lora) <= tolerance(lora) and max_diff(w1, full) <= 1e-4),
+        (f"RLG at w = 1 is the RL model alone, to float rounding: largest difference {to_lora:.1e} from the RL LoRA, "
+         f"{to_full:.1e} from the merged file (the latents reach {float(lora.abs().max()):.2f})",
+         max(to_lora, to_full) <= tolerance(lora, W1_ROUNDING)),
         ("the reward rises with w: " + ", ".join(f"{reward:.3f} at {w:g}" for w, reward in dial),
          all(a[1] < b[1] for a, b in zip(dial, dial[1:], strict=False))),
         (f"rl_every 2 is within {EVERY_2_SHARE} of exact RLG and switches at most {EVERY_2_SWITCHED:.0%} of the "

@@ -125,7 +125,7 @@ MODELS = {
     LTXV: (HF + "Lightricks/LTX-Video/resolve/main/" + LTXV, "checkpoints"),
 }
 
-# What each workflow is for, in one line: the thumbnail's caption, the Note's first line and the README's table.
+# What each workflow is for, in one line: the thumbnail's caption and the Note's first line.
 DESCRIPTIONS = {
     "rlg_demo": "The RLG dial on the tiny demo pair: turn rlg_scale and watch the red discs take over",
     "rlg_demo_sweep": "Pick rlg_scale by looking: the demo pair at six scales from one queue, in one grid",

@@ -1,6 +1,6 @@
 """What an artist sees in the real front-end when something is wrong, before anything samples.
 
-Each front-end of the matrix shows it its own way (README, "What each front-end does differently"):
+Each front-end of the matrix shows it its own way (docs/frontend.md, "What each front-end does differently"):
 - a window whose start is after its end, or a sweep grid whose list differs from its sweep's, is refused when the
   prompt is queued: 1.32.9 and 1.35.9 open a "Prompt execution failed" dialog with the message; 1.49.6 and 1.58.1
   mark the node and open an errors overlay whose details list the node and input;
