@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.host import ROOT
-from harness.pack import node_classes, web_directory
+from harness.pack import listed_nodes, web_directory
 
 REPO_URL = "https://github.com/ComfyUI-RLG/ComfyUI-RLG"
 HELP_DIR = web_directory() / "docs"
@@ -21,8 +21,9 @@ LINK_INPUT_TYPES = {"MODEL", "CONDITIONING", "LATENT", "IMAGE", "RLG_RL_MODELS"}
 
 
 def _info() -> dict[str, dict]:
-    """{node id: the node's /object_info entry}, from its V3 schema as the server builds it."""
-    return {node_id: cls.GET_NODE_INFO_V1() for node_id, cls in node_classes().items()}
+    """{node id: the node's /object_info entry}, from its V3 schema as the server builds it, for each node the node
+    library lists (a deprecated node is hidden there and documented nowhere)."""
+    return {node_id: cls.GET_NODE_INFO_V1() for node_id, cls in listed_nodes().items()}
 
 
 def _inputs(info: dict) -> list[tuple[str, str, str, dict, list | None]]:
@@ -94,18 +95,36 @@ def test_every_template_twin_the_api_page_points_to_is_there():
 
 # ---------------------------------------------------------------------------------------------- the help pages
 
-@pytest.mark.parametrize("node_id", sorted(node_classes()))
+@pytest.mark.parametrize("node_id", sorted(listed_nodes()))
 def test_every_node_has_a_help_page_with_each_of_its_inputs(node_id):
     """js/docs/<node id>.md, where the front-end's help panel looks (tests/test_frontend_help.py opens it): titled
     with the node's name, and its inputs table names every input of the node, in order, and nothing else."""
     page = HELP_DIR / f"{node_id}.md"
     assert page.is_file(), f"no help page for {node_id} at {page}"
-    node = node_classes()[node_id].GET_NODE_INFO_V1()
+    node = listed_nodes()[node_id].GET_NODE_INFO_V1()
     text = page.read_text()
     assert text.startswith(f"# {node['display_name']}\n"), text[:80]
     rows = _tables(text, "##").get("Inputs")
     assert rows, f"{page.name}: no table under '## Inputs'"
     assert [r[0].strip("`") for r in rows] == [i[0] for i in _inputs(node)], page.name
+
+
+def test_a_deprecated_node_needs_no_page():
+    """What the pages are checked against leaves out a node whose V3 schema is deprecated (hidden from the node
+    library), and keeps one that is not."""
+    from comfy_api.latest import io
+
+    def node(node_id: str, deprecated: bool) -> type:
+        class Node(io.ComfyNode):
+            @classmethod
+            def define_schema(cls) -> io.Schema:
+                return io.Schema(node_id=node_id, category="test", inputs=[io.String.Input("text")],
+                                 outputs=[io.Model.Output()], is_deprecated=deprecated)
+        return Node
+
+    classes = {"Listed": node("Listed", False), "Hidden": node("Hidden", True)}
+    assert list(listed_nodes(classes)) == ["Listed"]
+    assert listed_nodes(), "the pack lists no node"
 
 
 # ---------------------------------------------------------------------------------------------- links
