@@ -3,6 +3,7 @@
     .comfy-host/venv/bin/python -m demo.cpu_check                   # training at a small size, under each kind
     .comfy-host/venv/bin/python -m demo.cpu_check --full --kinds 0,2 # at the demo's own size (a run takes minutes)
     .comfy-host/venv/bin/python -m demo.cpu_check --sample DIR      # the demo's sampling from the models in DIR
+    .comfy-host/venv/bin/python -m demo.cpu_check --sample DIR --kinds 2 --against out/demo   # against make demo's
 
 A kind of CPU is what its libraries see of it, capped in the environment (KINDS): which kernels torch runs
 (ATEN_CPU_CAPABILITY), which code paths MKL and oneDNN take (MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA), which
@@ -15,7 +16,9 @@ The exit status is 1 if the pinned files differ between kinds.
 
 Sampling (--sample DIR, a models folder `make demo` filled): the demo's whole sampling through ComfyUI, its server
 under each kind (not pinned: ComfyUI samples at the CPU's own speed), and its tables compared without their
-seconds, and the demo's claims checked on each kind's samples. The exit status is 1 if the tables differ.
+seconds, and the demo's claims checked on each kind's samples. --against OUT compares each kind's tables with those
+of a `make demo` run on this CPU (its --out folder) too, so one kind need not sample twice. The exit status is 1 if
+the tables differ.
 """
 
 from __future__ import annotations
@@ -67,6 +70,17 @@ def _tables(folder: Path) -> dict[str, list[dict]]:
     return tables
 
 
+def table_differences(tables: dict[str, list[dict]], reference: dict[str, list[dict]]) -> list[str]:
+    """The rows of each table that differ from the reference's, in words."""
+    out = []
+    for name, rows in tables.items():
+        theirs = reference.get(name, [])
+        if len(rows) != len(theirs):
+            out.append(f"{name}: {len(rows)} rows against {len(theirs)}")
+        out += [f"{name}: {a} against {b}" for a, b in zip(rows, theirs, strict=False) if a != b]
+    return out
+
+
 def sample_tables(models: Path, kinds: list[str], out: Path) -> dict[str, dict]:
     """{kind: the demo's tables} from one set of models, each kind's server sampling them."""
     from demo import run_demo
@@ -89,6 +103,8 @@ def main() -> None:
     parser.add_argument("--kinds", help="which kinds, by their place in KINDS (for example 0,2); default all")
     parser.add_argument("--pinned-only", action="store_true", help="leave out the native runs")
     parser.add_argument("--sample", type=Path, metavar="DIR", help="compare the demo's sampling from DIR instead")
+    parser.add_argument("--against", type=Path, metavar="OUT",
+                        help="with --sample: also compare with the tables of a make demo run (its --out folder)")
     args = parser.parse_args()
     host.use_comfy(cpu=True)
     kinds = [list(KINDS)[int(i)] for i in args.kinds.split(",")] if args.kinds else list(KINDS)
@@ -97,9 +113,16 @@ def main() -> None:
     if args.sample:
         with tempfile.TemporaryDirectory() as tmp:
             tables = sample_tables(args.sample.resolve(), kinds, Path(tmp))
-        same = all(t == tables[kinds[0]] for t in tables.values())
+        if args.against:
+            tables[f"make demo ({args.against})"] = _tables(args.against)
+        reference = next(iter(tables.values()))
+        differences = {kind: table_differences(t, reference) for kind, t in tables.items()}
+        for kind, lines in differences.items():
+            for line in lines:
+                print(f"  {kind} differs: {line}")
+        same = not any(differences.values())
         print(f"the demo's tables (sweep, grid, cost; seconds left out): {'the same' if same else 'DIFFER'} "
-              f"under {len(kinds)} kinds")
+              f"under {len(tables)} runs")
         raise SystemExit(0 if same else 1)
     config = train.TrainConfig() if args.full else SMALL
     print(f"training {config}")
