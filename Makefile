@@ -18,11 +18,11 @@ test-quick: setup
 lint: setup
 	$(PY) -m ruff check .
 
-## demo: train the tiny base/RL pair (cached), turn the RLG dial through ComfyUI, write out/demo/
+## demo: train the tiny base/RL pair (cached; the same files on any x86-64 CPU), turn the RLG dial through ComfyUI, write out/demo/, check what it shows
 demo: setup
 	$(PY) -m demo.run_demo
 
-## demo-server: ComfyUI with the pack and the demo prompt node on http://127.0.0.1:8188 (after make demo)
+## demo-server: ComfyUI with the pack and the demo's nodes and templates (rlg_demo_nodes) on http://127.0.0.1:8188 (after make demo)
 demo-server: setup
 	mkdir -p .comfy-host/packs && ln -sfn $(CURDIR) .comfy-host/packs/ComfyUI-RLG
 	printf 'rlg_pack:\n  custom_nodes: %s\n' $(CURDIR)/.comfy-host/packs > .comfy-host/packs.yaml

@@ -14,19 +14,45 @@ Both are saved the way ComfyUI loads them: the base and the merged RL model as d
 files (bare MMDiT keys, UNETLoader), the RL LoRAs in ComfyUI's generic LoRA format
 (diffusion_model.<layer>.lora_up/lora_down/alpha, LoraLoaderModelOnly). The merged full model
 and base + LoRA are the same network, so both forms sample the same images.
+
+The same files on every x86-64 CPU. Float32 training is chaotic: a difference in the last bit of one
+product grows, over the steps, into other weights and so into other figures. What a CPU changes in
+torch's arithmetic is which code its libraries pick for it and how many threads split a sum, so
+`make demo` trains in a process of its own (train_in_process, the command below) with all of that
+pinned: PINNED_ENV before torch starts, pin_numerics() once it has. demo/cpu_check.py checks it.
+
+    python -m demo.train --config '<TrainConfig as JSON>' --out DIR [--native] [--quiet]
+
+writes DIR/{base,rl,lora,lora2}.safetensors and DIR/stats.json; --native leaves the numerics to the
+CPU (for demo/cpu_check.py's comparison).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from demo import synthetic
-from harness import tiny_sd3
+from harness import host, tiny_sd3
 from harness.weights import seeded_state_dict
+
+# Set before torch starts (the training process's environment): each picks the code every x86-64 CPU runs alike.
+PINNED_ENV = {
+    "ATEN_CPU_CAPABILITY": "default",  # torch's own kernels: its portable build, not the AVX2 / AVX-512 ones
+    "MKL_CBWR": "COMPATIBLE",  # MKL's matrix products: the branch that gives the same bits on every x86-64 CPU
+    "OMP_NUM_THREADS": "1",  # one thread: no sum is split by the number of cores
+    "MKL_NUM_THREADS": "1",
+}
+FILES = ("base", "rl", "lora", "lora2")  # what the training process writes: <name>.safetensors, and stats.json
 
 
 @dataclass(frozen=True)
@@ -172,3 +198,79 @@ def train_rl(base_sd: dict[str, torch.Tensor], config: TrainConfig, progress: Pr
         lora_sd[f"{key}.alpha"] = torch.tensor(float(config.lora_rank))  # alpha / rank = 1
         full_sd[f"{name}.weight"] = (base_sd[f"{name}.weight"] + up @ down).contiguous()
     return full_sd, lora_sd, stats
+
+
+# ---------------------------------------------------------------- the training process
+
+def pin_numerics() -> None:
+    """In the training process, once torch has started under PINNED_ENV: one thread, and no oneDNN (its
+    convolutions are compiled at run time for the CPU at hand; without it they run through MKL)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "DEFAULT":
+        raise RuntimeError(f"torch runs its {capability} kernels, not the portable ones: start this process with "
+                           f"{PINNED_ENV} set (demo.train.train_in_process does).")
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+
+
+def train_all(config: TrainConfig, progress: Progress = _no_progress) -> tuple[dict[str, dict], dict]:
+    """The base and both RL models: ({name in FILES: state dict}, {"stats": ..., "stats_2": ...})."""
+    base_sd = train_base(config, progress)
+    full_sd, lora_sd, stats = train_rl(base_sd, config, progress)
+    _, lora2_sd, stats_2 = train_rl(base_sd, config, progress, synthetic.REWARDS_2, seed_offset=2, stage="rl2")
+    return dict(zip(FILES, (base_sd, full_sd, lora_sd, lora2_sd), strict=True)), {"stats": stats, "stats_2": stats_2}
+
+
+def train_in_process(config: TrainConfig, out: Path, quiet: bool = False, native: bool = False,
+                     env: dict[str, str] | None = None) -> dict:
+    """Train in a fresh process with the numerics pinned (native=True: as the CPU has them), on this process's
+    ComfyUI tree; env: more variables for it (demo/cpu_check.py's emulated CPUs). Returns stats.json."""
+    extra = {**(env or {}), **({} if native else PINNED_ENV)}
+    cmd = [sys.executable, "-m", "demo.train", "--config", json.dumps(config.as_dict()), "--out", str(out)]
+    cmd += ["--native"] * native + ["--quiet"] * quiet
+    subprocess.run(cmd, check=True, cwd=host.ROOT, env=host.child_env(extra))
+    return json.loads((out / "stats.json").read_text())
+
+
+def _progress_bars() -> Progress:
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+    what = {"base": "training the base model (flow matching)",
+            "rl": "fine-tuning RL LoRA 1, red disc (reward-weighted flow matching)",
+            "rl2": "fine-tuning RL LoRA 2, blue cross (reward-weighted flow matching)"}
+
+    def progress(stage: str, step: int, total: int, loss: float) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=what[stage], unit="step", leave=True)
+        bars[stage].update(1)
+        bars[stage].set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if step == total:
+            bars[stage].close()
+
+    return progress
+
+
+def main() -> None:
+    import safetensors.torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the TrainConfig's fields as JSON")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the four files and stats.json")
+    parser.add_argument("--native", action="store_true", help="leave the numerics to the CPU (no pins)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+    host.use_comfy(cpu=True)
+    if not args.native:
+        pin_numerics()
+    models, stats = train_all(TrainConfig(**json.loads(args.config)), _no_progress if args.quiet else _progress_bars())
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, state_dict in models.items():
+        safetensors.torch.save_file(state_dict, args.out / f"{name}.safetensors")
+    stats["numerics"] = {"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                         "mkldnn": torch.backends.mkldnn.enabled, "MKL_CBWR": os.environ.get("MKL_CBWR")}
+    (args.out / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -115,14 +115,14 @@ def hidden_nodes(seen: dict) -> list:
     return [(n["label"], f"{n['covered']}/{n['total']}", n["by"]) for n in seen["nodes"] if n["covered"]]
 
 
-def open_template(launched, server, name: str, node_count: int, viewport=(1600, 900)):
+def open_template(launched, server, name: str, node_count: int, viewport=(1600, 900), source: str = PACK):
     """The template as the template browser opens it (its URL form runs the same code), in a fresh context and
-    with the test user's settings: (context, page)."""
+    with the test user's settings: (context, page). source: the node pack whose template it is."""
     from .frontend import new_context, open_page, reset_settings
 
     reset_settings(server)
     context = new_context(launched, viewport)
-    page = open_page(context, f"{server.url}/?template={name}&source={PACK}")
+    page = open_page(context, f"{server.url}/?template={name}&source={source}")
     page.wait_for_function(SETTLED, arg=node_count, timeout=60_000)
     # The front-end blocks the page while it loads (a PrimeVue block-UI mask); then the fitted view is applied on
     # the next frames.

@@ -37,6 +37,15 @@ def node_classes() -> dict[str, type]:
     return {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}
 
 
+def listed_nodes(classes: dict[str, type] | None = None) -> dict[str, type]:
+    """node_classes() (or `classes`) less the deprecated ones (V3 schema is_deprecated): the nodes the node library
+    lists and a user adds, each with a help page in js/docs/ and a table in docs/api.md. A deprecated node is hidden
+    from the library; the pack keeps one only for the server's own use (a stand-in a queue-time refusal is reported
+    on), so it needs neither."""
+    classes = node_classes() if classes is None else classes
+    return {node_id: cls for node_id, cls in classes.items() if not cls.define_schema().is_deprecated}
+
+
 def _relative_imports(path: Path) -> list[Path]:
     """The pack's own modules a source imports (relative imports, at any depth of the file: top level or inside
     functions), as files: a module's .py, or a package's __init__.py."""

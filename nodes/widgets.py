@@ -33,8 +33,7 @@ _OUTSIDE_TOOLTIP = (
 _RL_EVERY_TOOLTIP = (
     "Run the RL model only at every n-th step of its window (its first step always) and estimate its correction "
     "rl - base at the others from its last two evaluations, where only the base runs. 1 = every step, exact "
-    "(default). 2 or 3 cost about 0.75 or 0.68 of base + RL at a small change of the image (README, 'RL every n-th "
-    "step')."
+    "(default). 2 or 3 cost about 0.75 or 0.68 of base + RL at a small change of the image (docs/rl-every.md)."
 )
 
 

@@ -1,4 +1,4 @@
-"""Build example_workflows/*.json, their API twins and their thumbnails in the real ComfyUI front-end.
+"""Build the example workflows, their API twins and their thumbnails in the real ComfyUI front-end.
 
     .comfy-host/venv/bin/python -m scripts.build_workflows      (from the checkout)
     .comfy-host/venv/bin/python -m scripts.build_workflows rlg_demo_sweep rlg_sd35_flowgrpo_sweep   (only these)
@@ -9,7 +9,10 @@ with this pack and the demo nodes, creates each graph in the front-end (LiteGrap
 set by name, links by input name), loads it back so every node has the size the front-end and the
 pack's js give it (the readout lines included), places the columns so that no two nodes, title bars and
 source badges included, overlap, and saves the front-end's own serialisation (the UI workflow) and
-graphToPrompt()'s output (the API twin, in tests/workflows_api/). No format is converted by hand.
+graphToPrompt()'s output (the API twin). No format is converted by hand. The pack's templates go to
+example_workflows/ (twins: example_workflows_api/); those that need the demo's nodes go with them, to the demo's
+node pack (demo/comfy_nodes/rlg_demo_nodes/, the same two folders), so every template the pack ships opens with
+the pack alone (harness/templates.py).
 
 Every loader gets the front-end's model metadata (properties.models: name, url, directory) for the
 files it selects that can be downloaded, so a missing file comes with where to get it. The stored view
@@ -27,7 +30,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness.host import ROOT
+from harness import templates
 
 SD35 = "sd3.5_medium.safetensors"
 CLIPS_SD35 = {"clip_name1": "clip_g.safetensors", "clip_name2": "clip_l.safetensors",
@@ -123,7 +126,7 @@ MODELS = {
     LTXV: (HF + "Lightricks/LTX-Video/resolve/main/" + LTXV, "checkpoints"),
 }
 
-# What each workflow is for, in one line: the thumbnail's caption, the Note's first line and the README's table.
+# What each workflow is for, in one line: the thumbnail's caption and the Note's first line.
 DESCRIPTIONS = {
     "rlg_demo": "The RLG dial on the tiny demo pair: turn rlg_scale and watch the red discs take over",
     "rlg_demo_sweep": "Pick rlg_scale by looking: the demo pair at six scales from one queue, in one grid",
@@ -781,6 +784,12 @@ def described(name: str, nodes: dict) -> dict:
     return {**nodes, "note": dict(nodes["note"], widgets={"text": f"{DESCRIPTIONS[name]}.\n\n{text}"})}
 
 
+def template_source(nodes: dict) -> str:
+    """Where a template goes: with the demo's nodes if it uses them, else with the pack (harness.templates)."""
+    demo = any(node["type"].startswith("RLGDemo") for node in nodes.values())
+    return templates.DEMO_PACK.name if demo else templates.PACK_NAME
+
+
 def all_workflows() -> dict[str, tuple[dict, list]]:
     return {**workflows(), **family_workflows()}
 
@@ -794,9 +803,6 @@ def main(only: list[str] | None = None) -> None:
     from harness.workflow_host import start_workflow_server
     from scripts.thumbnails import write_thumbnail
 
-    out_ui = ROOT / "example_workflows"
-    out_api = ROOT / "tests" / "workflows_api"
-    out_api.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="rlg-build-workflows-"))
     server = start_workflow_server(work)  # every model name exists there: no missing-model dialogs while building
     geometry = {"sizes": SIZES, "columnGap": COLUMN_GAP, "rowGap": ROW_GAP, "aboveBody": ABOVE_BODY}
@@ -807,9 +813,13 @@ def main(only: list[str] | None = None) -> None:
                     continue
                 text = page.evaluate(BUILD_JS, [described(name, nodes), links, LAYOUTS[name], MODELS, geometry])
                 workflow, api = (json.loads(t) for t in text)
-                (out_ui / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
-                (out_api / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
-                write_thumbnail(name, workflow, DESCRIPTIONS[name], out_ui / f"{name}.jpg")
+                source = template_source(nodes)
+                ui, twin = templates.ui_path(name, source), templates.api_path(name, source)
+                for path in (ui, twin):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                ui.write_text(json.dumps(workflow, indent=1) + "\n")
+                twin.write_text(json.dumps(api, indent=1) + "\n")
+                write_thumbnail(name, workflow, DESCRIPTIONS[name], ui.with_suffix(".jpg"))
                 print(f"wrote {name}: {len(nodes)} nodes, {len(links)} links, {extent(workflow)}")
     finally:
         server.stop()

@@ -58,7 +58,7 @@ else
 fi
 
 # The GPU check's dry run: the one command a lent GPU machine runs (scripts/gpu_check.sh over the prepared
-# .gpu-carry/), on the CPU with the tiny size, so that it cannot rot between GPU loans (README "GPU check").
+# .gpu-carry/), on the CPU with the tiny size, so that it cannot rot between GPU loans (docs/performance.md, "The GPU check").
 if [[ -f "$SHARED/hosts/comfyui-0.33.0.tar.gz" ]]; then
   printf '\n==== GPU check, dry run on the CPU ====\n'
   start=$SECONDS

@@ -1,4 +1,4 @@
-"""The template browser's picture of each example workflow (example_workflows/<name>.jpg).
+"""The template browser's picture of each example workflow (<name>.jpg beside it, harness/templates.py).
 
 Every front-end of the matrix shows exactly /api/workflow_templates/<pack>/<name>.jpg on the template's card, in a
 square box, and takes the card's title and description from the file name alone. So the picture carries what the

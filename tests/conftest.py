@@ -2,9 +2,9 @@
 
 The host is the tree harness.host.comfy_dir() names: .comfy-host/ComfyUI (0.3.75, see scripts/setup_host.sh)
 unless RLG_COMFY_DIR names another. scripts/run_tests.sh runs the suite once per host of the test matrix, and a
-user can point it at their own ComfyUI (README, "ComfyUI versions"). Every process of a run uses that one tree:
-this one (pytest_configure below, before any test module is imported), and the servers and the reference process
-it starts (harness.host.child_env). tests/test_host_isolation.py proves it.
+user can point it at their own ComfyUI (CONTRIBUTING.md, "Running the matrix"). Every process of a run uses that
+one tree: this one (pytest_configure below, before any test module is imported), and the servers and the reference
+process it starts (harness.host.child_env). tests/test_host_isolation.py proves it.
 
 In-process tests import ComfyUI as a library and load this pack the way ComfyUI does (the package comfyui_rlg).
 Server tests (marked `server`) start ComfyUI's main.py; browser tests (marked `frontend`) also drive its

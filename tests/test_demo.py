@@ -1,11 +1,15 @@
-"""The demo's data, training code and sweep, at a very small size (seconds)."""
+"""The demo: its data, training and sweep at a very small size (seconds); its training, the same bytes under emulated
+CPUs; and what it claims, on a pair small enough to train here (docs/demo.md).
+
+No test pins one machine's figures. The claims are run_demo.claims, the checks `make demo` runs on its own samples:
+RLG at w = 1 is the RL model alone, the reward rises with w, rl_every 2 stays close to exact RLG.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-from pathlib import Path
 
 import comfy.lora
 import comfy.sd
@@ -13,9 +17,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from demo import run_demo, synthetic, train
+from demo import cpu_check, run_demo, synthetic, train
 from harness import sampling as h
-from harness import tiny_sd3
+from harness import templates, tiny_sd3
 from harness.server import ComfyServer
 from harness.weights import seeded_state_dict
 
@@ -241,20 +245,72 @@ def test_demo_example_workflow_runs(tiny_models, tmp_path):
     paths = tmp_path / "extra_model_paths.yaml"
     paths.write_text(f"t:\n  base_path: {models}\n  diffusion_models: diffusion_models\n  loras: loras\n"
                      f"  custom_nodes: {run_demo.DEMO_NODES}\n")
-    api = Path(__file__).parent / "workflows_api"
-    graph = json.loads((api / "rlg_demo.json").read_text())
+    graph = json.loads(templates.api_path("rlg_demo").read_text())
     graph["5"]["inputs"]["batch_size"] = 2
-    sweep = json.loads((api / "rlg_demo_sweep.json").read_text())
+    sweep = json.loads(templates.api_path("rlg_demo_sweep").read_text())
     server = ComfyServer(tmp_path / "work", paths, ["ComfyUI-RLG", "rlg_demo_nodes"]).start()
     try:
-        templates = server.get("/workflow_templates")
+        listed = server.get("/workflow_templates")
         entry = server.run(graph)
         swept = server.run(sweep)
     finally:
         server.stop()
-    assert {"rlg_demo", "rlg_demo_sweep"} <= set(templates.get("ComfyUI-RLG", [])), templates
+    # Listed with the demo's nodes, which they need, not with the pack (harness/templates.py).
+    assert {"rlg_demo", "rlg_demo_sweep"} <= set(listed.get("rlg_demo_nodes", [])), listed
+    assert not {"rlg_demo", "rlg_demo_sweep"} & set(listed.get("ComfyUI-RLG", [])), listed
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert len(entry["outputs"]["8"]["images"]) == 2
     assert swept["status"]["status_str"] == "success", swept["status"]
     (grid_id,) = [k for k, v in sweep.items() if v["class_type"] in ("PreviewImage", "SaveImage")]
     assert len(swept["outputs"][grid_id]["images"]) == 1  # the sweep's images, as one grid picture
+
+
+def test_training_gives_the_same_files_under_every_emulated_cpu():
+    """make demo's training is pinned (demo.train.PINNED_ENV, pin_numerics), so other kinds of CPU, emulated by
+    capping what torch, MKL, oneDNN and glibc may use (demo.cpu_check.KINDS), train the same bytes; left to the CPU
+    the same caps give other bytes, so the emulation does change the arithmetic."""
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this CPU has no AVX2: the kinds demo.cpu_check emulates cap AVX2 and AVX-512, which it lacks")
+    kinds = ["this CPU", "AVX2, no AVX-512", "SSE4.2, no AVX (x86-64-v2)", "4 threads"]
+    pinned = cpu_check.train_digests(TINY, kinds, native=False)
+    assert len(set(pinned.values())) == 1, pinned
+    native = cpu_check.train_digests(TINY, kinds[1:3], native=True)
+    assert len(set(native.values())) == 2, native
+
+
+def test_training_process_refuses_to_train_without_the_pins(tmp_path):
+    """Started without PINNED_ENV, the training process finds torch on its AVX2 / AVX-512 kernels and refuses, saying
+    how to start it, rather than train models of this CPU's own."""
+    import subprocess
+    import sys
+
+    from harness import host
+
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this CPU runs torch's portable kernels anyway")
+    cmd = [sys.executable, "-m", "demo.train", "--config", json.dumps(TINY.as_dict()), "--out", str(tmp_path),
+           "--quiet"]
+    done = subprocess.run(cmd, cwd=host.ROOT, env=host.child_env(), capture_output=True, text=True)
+    assert done.returncode != 0 and "not the portable ones" in done.stderr, done.stderr[-2000:]
+    assert not list(tmp_path.iterdir())
+
+
+# What the demo claims, on a pair trained here: half the demo's base steps, a third of its RL steps and half its RL
+# samples, with the CPU's own numerics (this test needs no figure of the demo's, only its claims). The models are
+# kept in the checkout's out/ (git-ignored) and reused while their config and the training code are the same.
+CLAIMS_PAIR = train.TrainConfig(base_steps=600, rl_samples=1024, rl_sample_steps=16, rl_steps=300)
+CLAIMS_MODELS = run_demo.ROOT / "out" / "test-cache" / "demo-claims"
+
+
+@pytest.mark.server
+def test_what_the_demo_claims_holds_on_a_smaller_pair(tmp_path):
+    """run_demo.claims, the checks `make demo` runs on its own samples: RLG at w = 1 is the RL model alone, the
+    reward rises with w, and rl_every 2 stays within 0.02 of exact RLG with at most 3% of the samples switched."""
+    with torch.inference_mode(False):
+        run_demo.ensure_models(CLAIMS_MODELS, CLAIMS_PAIR, quiet=True, native=True)
+    rows, _, cost, _ = run_demo.run(CLAIMS_MODELS, tmp_path / "out", tmp_path / "work", CLAIMS_PAIR,
+                                    scales=(0.0, 1.0, 2.0, 3.0), quiet=True, grid_scales=(), every_scales=(2.0, 3.0),
+                                    lora_strengths=())
+    checked = run_demo.claims(rows, cost)
+    print("\n".join(f"{'holds' if holds else 'FAILS'}: {claim}" for claim, holds in checked))
+    assert len(checked) == 3 and all(holds for _, holds in checked), checked

@@ -1,6 +1,6 @@
 """What an artist sees in the real front-end when something is wrong, before anything samples.
 
-Each front-end of the matrix shows it its own way (README, "What each front-end does differently"):
+Each front-end of the matrix shows it its own way (docs/frontend.md, "What each front-end does differently"):
 - a window whose start is after its end, or a sweep grid whose list differs from its sweep's, is refused when the
   prompt is queued: 1.32.9 and 1.35.9 open a "Prompt execution failed" dialog with the message; 1.49.6 and 1.58.1
   mark the node and open an errors overlay whose details list the node and input;
@@ -17,16 +17,15 @@ import json
 
 import pytest
 
-from harness.host import ROOT
+from harness import templates
 
 pytestmark = [pytest.mark.server, pytest.mark.frontend]
 
-UI_DIR = ROOT / "example_workflows"
 NODES = "(app.graph.nodes ?? app.graph._nodes)"
 
 
 def workflow(name: str) -> dict:
-    return json.loads((UI_DIR / f"{name}.json").read_text())
+    return json.loads(templates.ui_path(name).read_text())
 
 
 def version(page) -> tuple[int, ...]:

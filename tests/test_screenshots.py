@@ -1,5 +1,6 @@
-"""The demo templates in the real front-end, as they open and after a queue: laid out for their pictures, and
-photographed for the README; the scrubber on the demo sweep's grid (docs/scrubber.md).
+"""Templates in the real front-end, photographed for the docs: the demo templates as they open and after a queue
+(laid out for their pictures), the scrubber on the demo sweep's grid (docs/scrubber.md), and one template of the
+pack as it opens (the README's first picture).
 
 The demo pair comes from RLG_DEMO_MODELS (a models folder with diffusion_models/ and loras/, as `make demo`
 writes it), else from the host's models folder when `make demo` has run, else it is trained here at a tiny size
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import templates
 from harness.frontend_layout import ABOVE, DRAWN, NODES, VISIBILITY, drawn_problems, hidden_nodes, open_template
 from harness.host import ROOT, comfy_dir
 
@@ -79,8 +81,8 @@ SHOWN = """(type) => {
 
 @pytest.mark.parametrize("name", sorted(DEMO_TEMPLATES))
 def test_demo_template_as_it_opens_and_after_a_queue(demo_server, chromium, shots, name):
-    workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
-    context, page = open_template(chromium, demo_server, name, len(workflow["nodes"]))
+    workflow = json.loads(templates.ui_path(name).read_text())
+    context, page = open_template(chromium, demo_server, name, len(workflow["nodes"]), source=templates.source_of(name))
     try:
         assert not hidden_nodes(page.evaluate(VISIBILITY, 8)), "not everything is in view when it opens"
         page.screenshot(path=str(shots / f"{name}_open.png"))
@@ -132,8 +134,8 @@ def test_scrubber_on_the_demo_sweep(demo_server, chromium, shots):
     """After one queue of the demo sweep: rlg_scale 1.5 shown large and sent to an RLG Apply (rlg_scrubber.png),
     then 0 and 1.5 side by side (rlg_scrubber_compare.png)."""
     name = "rlg_demo_sweep"
-    workflow = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
-    context, page = open_template(chromium, demo_server, name, len(workflow["nodes"]))
+    workflow = json.loads(templates.ui_path(name).read_text())
+    context, page = open_template(chromium, demo_server, name, len(workflow["nodes"]), source=templates.source_of(name))
     try:
         grid, apply = page.evaluate(FRAME_SCRUBBER)
         page.wait_for_function("() => window.comfyAPI?.api?.api?.socket?.readyState === 1", timeout=60_000)
@@ -156,3 +158,19 @@ def test_scrubber_on_the_demo_sweep(demo_server, chromium, shots):
     finally:
         context.close()
     assert (shots / "rlg_scrubber.png").stat().st_size > 0 and (shots / "rlg_scrubber_compare.png").stat().st_size > 0
+
+
+# A template of the pack with real families' files, as an artist meets it: the README's first picture. The workflow
+# server has stand-in files of every name the templates select, so no missing-model dialog covers it.
+PACK_TEMPLATE = "rlg_sd35_flowgrpo_pickscore"
+
+
+def test_pack_template_as_it_opens(workflow_server, chromium, shots):
+    workflow = json.loads(templates.ui_path(PACK_TEMPLATE).read_text())
+    context, page = open_template(chromium, workflow_server, PACK_TEMPLATE, len(workflow["nodes"]))
+    try:
+        assert not hidden_nodes(page.evaluate(VISIBILITY, 8)), "not everything is in view when it opens"
+        page.screenshot(path=str(shots / f"{PACK_TEMPLATE}_open.png"))
+    finally:
+        context.close()
+    assert (shots / f"{PACK_TEMPLATE}_open.png").stat().st_size > 0

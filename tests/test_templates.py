@@ -12,18 +12,26 @@ import json
 
 import pytest
 
-from harness.frontend_layout import ABOVE, DRAWN, VISIBILITY, drawn_problems, hidden_nodes, open_template, overlap
-from harness.host import ROOT
+from harness import templates
+from harness.frontend_layout import (
+    ABOVE,
+    DRAWN,
+    NODES,
+    VISIBILITY,
+    drawn_problems,
+    hidden_nodes,
+    open_template,
+    overlap,
+)
 
-UI_DIR = ROOT / "example_workflows"
-TEMPLATES = sorted(p.stem for p in UI_DIR.glob("*.json"))
+TEMPLATES = list(templates.templates())  # the pack's and the demo's (harness/templates.py)
 DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/")
 MODEL_DIRECTORIES = {"checkpoints", "loras", "vae", "text_encoders", "diffusion_models"}
 VIEWPORT = (1600, 900)
 
 
 def workflow(name: str) -> dict:
-    return json.loads((UI_DIR / f"{name}.json").read_text())
+    return json.loads(templates.ui_path(name).read_text())
 
 
 def _box(node: dict) -> tuple[float, float, float, float]:
@@ -85,7 +93,7 @@ def test_every_template_has_a_square_thumbnail_and_a_description():
 
     assert set(DESCRIPTIONS) == set(TEMPLATES)
     for name in TEMPLATES:
-        with Image.open(UI_DIR / f"{name}.jpg") as image:
+        with Image.open(templates.ui_path(name).with_suffix(".jpg")) as image:
             assert image.format == "JPEG" and image.width == image.height >= 256, name
         assert DESCRIPTIONS[name].replace("_", " ") != name.replace("_", " ")
         note = next(n for n in workflow(name)["nodes"] if n["type"] == "Note")
@@ -108,7 +116,8 @@ def chromium():
 def test_template_opens_with_every_node_in_view_and_readable(workflow_server, chromium, name):
     """In a 1600x900 window, as it opens: each node (title bar and badge row included) inside the window and under
     nothing else (tab bar, side toolbar, menus, minimap, dialogs); and at a scale where the canvas draws text."""
-    context, page = open_template(chromium, workflow_server, name, len(workflow(name)["nodes"]), VIEWPORT)
+    context, page = open_template(chromium, workflow_server, name, len(workflow(name)["nodes"]), VIEWPORT,
+                                  templates.source_of(name))
     try:
         seen = page.evaluate(VISIBILITY, 6)
     finally:
@@ -152,3 +161,86 @@ def _grown_on_load(saved: dict, drawn: dict) -> list[str]:
     heights = {str(n["id"]): n["size"][1] for n in saved["nodes"] if n["type"].startswith("RLG")}
     return [f"{n['label']} grew from {heights[n['id']]:.0f} to {n['box'][3] - ABOVE:.0f} px high on load"
             for n in drawn["nodes"] if n["id"] in heights and n["box"][3] - ABOVE > heights[n["id"]] + 0.5]
+
+
+# ---------------------------------------------------------------------------------------------- as installed
+
+# Nodes the front-end itself provides (no server class): a template may hold them with the pack alone.
+FRONT_END_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+@pytest.fixture(scope="module")
+def installed_server(tmp_path_factory):
+    """ComfyUI with nothing but the pack as the registry package ships it: a copy of the files `comfy node pack`
+    zips (harness.pack.registry_files), as custom_nodes/ComfyUI-RLG; no test or demo nodes, no model files."""
+    from harness.frontend import write_settings
+    from harness.host import ROOT
+    from harness.pack import registry_files
+    from harness.server import ComfyServer
+
+    work = tmp_path_factory.mktemp("installed")
+    pack = work / "packs" / templates.PACK_NAME
+    for name in registry_files():
+        (pack / name).parent.mkdir(parents=True, exist_ok=True)
+        (pack / name).write_bytes((ROOT / name).read_bytes())
+    config = work / "installed_paths.yaml"
+    config.write_text(f"installed:\n  custom_nodes: {pack.parent}\n")
+
+    class Installed(ComfyServer):
+        def _link_pack(self):  # the copy above, not a link to the checkout
+            return config
+
+    write_settings(work / "user")
+    server = Installed(work, config, [templates.PACK_NAME]).start()
+    yield server
+    server.stop()
+
+
+def _shipped_templates(server) -> dict[str, dict]:
+    """{name: the UI workflow} of every template the installed pack lists, read from the server."""
+    import urllib.request
+
+    names = server.get("/workflow_templates").get(templates.PACK_NAME, [])
+    out = {}
+    for name in names:
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{templates.PACK_NAME}/{name}.json",
+                                    timeout=30) as resp:
+            out[name] = json.loads(resp.read())
+    return out
+
+
+@pytest.mark.server
+def test_every_shipped_template_has_every_node_with_the_pack_alone(installed_server):
+    """What someone who installs the pack from the registry meets: every template it lists is one of the pack's
+    (the demo's need the demo's nodes and are not shipped), and each node of each is on the server, or one the
+    front-end provides. Model files may be missing: the loaders carry their download metadata."""
+    shipped = _shipped_templates(installed_server)
+    assert sorted(shipped) == list(templates.templates(templates.PACK_NAME)), sorted(shipped)
+    info = installed_server.get("/object_info")
+    missing = {name: sorted({n["type"] for n in wf["nodes"]} - set(info) - FRONT_END_NODES)
+               for name, wf in shipped.items()}
+    assert not any(missing.values()), {k: v for k, v in missing.items() if v}
+
+
+MISSING_NODES = f"""() => {{
+  const nodes = {NODES};
+  return {{count: nodes.length,
+          missing: [...new Set(nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type))]}};
+}}"""
+
+
+@pytest.mark.server
+@pytest.mark.frontend
+def test_every_shipped_template_opens_with_no_missing_node_in_the_front_end(installed_server, chromium):
+    """Each template opened as the template browser opens it, in the front-end of the installed pack's server:
+    every node is one the front-end knows (none drawn as a missing node)."""
+    problems = {}
+    for name, wf in _shipped_templates(installed_server).items():
+        context, page = open_template(chromium, installed_server, name, len(wf["nodes"]), VIEWPORT)
+        try:
+            seen = page.evaluate(MISSING_NODES)
+        finally:
+            context.close()
+        if seen["missing"] or seen["count"] != len(wf["nodes"]):
+            problems[name] = seen
+    assert not problems, problems

@@ -1,8 +1,9 @@
 """The example workflows: well-formed, agreeing with their API twins in the real front-end, valid
 for the host's nodes, and (where the model family can be made tiny) running end to end.
 
-The API twins in tests/workflows_api were made by scripts/build_workflows.py through the front-end's
-own graphToPrompt; these tests check that the committed UI workflows still convert to them.
+The API twins (example_workflows_api/, shipped for people who queue over HTTP; the demo's beside its templates,
+harness/templates.py) were made by scripts/build_workflows.py through the front-end's own graphToPrompt; these
+tests check that the committed UI workflows still convert to them.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from harness.host import ROOT
+from harness import templates
 from harness.workflow_host import FILE_STAND_INS
 
-UI_DIR = ROOT / "example_workflows"
-API_DIR = Path(__file__).resolve().parent / "workflows_api"
 # The example workflows as committed before the optional widgets (schedule, end_scale, rl_cfg) existed.
 LEGACY_DIR = Path(__file__).resolve().parent / "legacy_workflows"
 LEGACY = sorted(p.name.removesuffix(".ui.json") for p in LEGACY_DIR.glob("*.ui.json"))
-WORKFLOWS = sorted(p.stem for p in UI_DIR.glob("*.json"))
+WORKFLOWS = list(templates.templates())
 # Workflows whose model families can be made tiny, with the family the stand-ins have.
 RUNNABLE = {"rlg_sd35_flowgrpo_pickscore": "sd3", "rlg_sd35_flowgrpo_text": "sd3",
             "rlg_guider_sampler_custom_advanced": "sd3", "rlg_sd35_inpaint": "sd3", "rlg_sd15_diffusion_dpo": "sd15",
@@ -49,19 +48,19 @@ SAMPLING = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "CFGGuider", "Basic
 
 
 def api(name: str) -> dict:
-    return json.loads((API_DIR / f"{name}.json").read_text())
+    return json.loads(templates.api_path(name).read_text())
 
 
 def test_every_workflow_parses_and_has_an_api_twin():
     assert len(WORKFLOWS) >= 7
     for name in WORKFLOWS:
-        ui = json.loads((UI_DIR / f"{name}.json").read_text())
+        ui = json.loads(templates.ui_path(name).read_text())
         assert ui["nodes"] and "links" in ui, name
-        assert (API_DIR / f"{name}.json").exists(), f"{name} has no API twin in {API_DIR}"
+        assert templates.api_path(name).exists(), f"{name} has no API twin at {templates.api_path(name)}"
         types = {n["type"] for n in ui["nodes"]}
         assert "Note" in types or name == "rlg_demo", f"{name} names no model files in a Note"
         assert types & RLG_NODES, name
-    assert (UI_DIR / "rlg_demo.jpg").exists()
+    assert templates.ui_path("rlg_demo").with_suffix(".jpg").exists()
 
 
 def test_rlg_is_last_before_the_sampler():
@@ -122,7 +121,7 @@ def test_ui_workflows_convert_to_their_api_twins_in_the_front_end(workflow_serve
     with browser_page(workflow_server.url) as page:
         _schema_check_is_on(page)
         for name in WORKFLOWS:
-            ui = json.loads((UI_DIR / f"{name}.json").read_text())
+            ui = json.loads(templates.ui_path(name).read_text())
             output, rejected = _load(page, ui)
             assert not rejected, f"{name}: the front-end rejects the file"
             problems = _disagreements(output, api(name), info)

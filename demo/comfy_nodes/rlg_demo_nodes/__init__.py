@@ -1,7 +1,8 @@
 """The demo's prompt, as a node: the one conditioning the demo models were trained on.
 
 Demo-only (loaded by `make demo` / `make demo-server`), not part of the shipped pack: it stands in
-for a text encoder, which the tiny demo models do not have.
+for a text encoder, which the tiny demo models do not have. The demo's two templates live in this node pack's
+example_workflows/ (ComfyUI lists them under rlg_demo_nodes), so the pack's own templates need nothing but the pack.
 """
 
 import torch
