@@ -171,6 +171,7 @@ def build_layer_deltas(extra_patches: dict[str, list], module: torch.nn.Module) 
     for key, patches in extra_patches.items():
         owner_name, _, param = key.rpartition(".")
         owner = comfy.utils.get_attr(module, owner_name) if owner_name else module
+        _remember(module, owner_name, owner)
         if param in ("weight", "bias") and hasattr(owner, "comfy_cast_weights"):
             exact = LayerPath.FUNCTION
         elif _owns_all_its_parameters(owner):
@@ -237,13 +238,46 @@ class _Tally:
         counter[key] = counter.get(key, 0) + 1
 
 
-def _resolve(model: Any, name: str, label: str) -> torch.nn.Module:
+# The layers of each network an RL LoRA patches, by name, as found when the pair was built (outside any forward). A
+# cache that puts a wrapper of a block list in the list's place for the length of its forward (WaveSpeed's
+# first-block cache on SD3, Qwen-Image, HunyuanVideo, LTX) moves every layer's path while it runs, though the layers
+# are the same modules. Only a layer still inside the running network is taken from here; the RL-pass proof (the
+# tally) then shows it ran with its RL part.
+_KNOWN_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _remember(model: Any, name: str, layer: torch.nn.Module) -> None:
+    try:
+        _KNOWN_LAYERS.setdefault(model, {})[name] = layer
+    except TypeError:  # a model that takes no weak reference: resolved by name only
+        pass
+
+
+def _resolve(model: Any, name: str, label: str, inside: Callable[[], set[int]] | None = None) -> torch.nn.Module:
+    """The layer `name` of the running model; inside() gives the ids of the modules the running network holds."""
     try:
         return comfy.utils.get_attr(model, name) if name else model
     except AttributeError:
+        try:
+            known = _KNOWN_LAYERS.get(model, {}).get(name)
+        except TypeError:
+            known = None
+        if known is not None and inside is not None and id(known) in inside():
+            return known
         raise RLGRuntimeError(
             f"RLG: the running model has no layer {name!r}, which {label} patches; the model being sampled is "
             "not the one the RL LoRA was loaded on. Connect rl_model from the same base model.") from None
+
+
+def _module_ids(model: Any) -> Callable[[], set[int]]:
+    """The ids of the modules the model holds now, walked once, when first asked for."""
+    ids: set[int] = set()
+
+    def get() -> set[int]:
+        if not ids and isinstance(model, torch.nn.Module):
+            ids.update(id(m) for m in model.modules())
+        return ids
+    return get
 
 
 def _hook(layer: LayerDelta, module: torch.nn.Module, rows: torch.Tensor | None, tally: _Tally,
@@ -337,7 +371,8 @@ def _run(executor: Callable, args: tuple, kwargs: dict, model: Any, assignments:
     tally = _Tally()
     thread = threading.get_ident()
     handles = []
-    layers = [(a, layer, _resolve(model, layer.module_name, a.delta.label), a.ways[layer.key])
+    inside = _module_ids(model)
+    layers = [(a, layer, _resolve(model, layer.module_name, a.delta.label, inside), a.ways[layer.key])
               for a in assignments for layer in a.delta.runnable]
     # Swaps, and patches put on a quantized GGUF tensor itself, change the module for every thread that runs it.
     needs_lock = any(way == LayerPath.SWAP or (way == LayerPath.FUNCTION and gguf_layers.is_ggml_layer(module))

@@ -337,3 +337,36 @@ def test_rl_every_evaluates_again_after_steps_a_whole_step_cache_served():
     assert any(s % 2 for s in steps["rl"]), steps  # an evaluation off the every-2nd pattern: after a served step
     for s in steps["base"]:
         assert max(e for e in steps["rl"] if e <= s) >= s - 1, (s, steps)
+
+
+def test_first_block_cache_that_wraps_the_block_list_while_it_runs():
+    """On SD3 (and Qwen-Image, HunyuanVideo, LTX) the first-block cache puts a wrapper of the network's block list in
+    the list's place for the length of its forward, so every layer's path changes while it runs; the layers are the
+    same modules. The LoRA RL pass still finds and runs each of them: nothing reused is exact RLG, and with steps
+    reused each model is cached from its own history (equal to two separately loaded models, a cache on each)."""
+    steps, threshold = 12, 0.8  # 0.8: the tiny SD3 computes a few of its 12 steps in full
+
+    def sample(model):
+        return h.ksample(model, "sd3", steps=steps)
+
+    def forwards(patcher) -> Forwards:
+        counter = Forwards.__new__(Forwards)
+        counter.module, counter.calls = patcher.model.diffusion_model.joint_blocks[-1], 0
+        return counter
+
+    cache = scn.get("ApplyFBCacheOnModel", probe=lambda node: sample(node.apply(h.load_model("sd3"), 0.8)))
+    base = h.load_model("sd3")
+    exact = sample(h.rlg(base, h.with_lora(base), 2.0))
+    base = h.load_model("sd3")
+    out = sample(cache.apply(h.rlg(base, h.with_lora(base), 2.0), cache.nothing_reused))
+    assert h.max_diff(out, exact) <= h.tolerance(exact, 1e-5)
+
+    base_ref = cache.apply(h.load_model("sd3"), threshold)
+    rl_ref = cache.apply(h.with_lora(h.load_model("sd3")), threshold)
+    with forwards(base_ref) as base_forwards, forwards(rl_ref) as rl_forwards:
+        ref = sample(h.rlg(base_ref, rl_ref, 2.0))
+    assert 0 < base_forwards.calls < steps and 0 < rl_forwards.calls < steps, "each model must reuse some steps"
+    base = h.load_model("sd3")
+    out = sample(cache.apply(h.rlg(base, h.with_lora(base), 2.0), threshold))
+    assert h.max_diff(out, ref) <= h.tolerance(ref, 1e-5)
+    assert h.max_diff(out, exact) > 1e-3  # it did cache
