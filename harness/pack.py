@@ -15,20 +15,27 @@ from .host import ROOT
 PACK_NAME = "comfyui_rlg"
 
 
-def load_pack() -> ModuleType:
-    """The pack as the package comfyui_rlg (its modules import as comfyui_rlg.nodes.*). Idempotent."""
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
+def import_folder(module_name: str, folder: Path) -> ModuleType:
+    """The package in `folder` (its __init__.py) as `module_name`, its relative imports working, as ComfyUI imports a
+    custom node package, without touching sys.path. Idempotent; a failed import leaves nothing of it behind."""
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
     module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
+    sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[PACK_NAME]
+        for key in [k for k in sys.modules if k == module_name or k.startswith(module_name + ".")]:
+            del sys.modules[key]
         raise
     return module
+
+
+def load_pack() -> ModuleType:
+    """The pack as the package comfyui_rlg (its modules import as comfyui_rlg.nodes.*). Idempotent."""
+    return import_folder(PACK_NAME, ROOT)
 
 
 def node_classes() -> dict[str, type]:

@@ -12,7 +12,6 @@ pack alone is never counted as RLG's.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +19,7 @@ from types import ModuleType
 import pytest
 
 from .host import host_dir
+from .pack import import_folder
 
 GGUF = "ComfyUI-GGUF"
 TEACACHE = "ComfyUI-TeaCache"
@@ -45,23 +45,9 @@ def _module_name(name: str) -> str:
 def load(name: str) -> ModuleType:
     """The pack as a package (idempotent). Raises what its own import raises."""
     module_name = _module_name(name)
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    reason = missing(name)
-    if reason:
-        raise FileNotFoundError(reason)
-    folder = pack_dir(name)
-    spec = importlib.util.spec_from_file_location(module_name, folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        for key in [k for k in sys.modules if k == module_name or k.startswith(module_name + ".")]:
-            del sys.modules[key]
-        raise
-    return module
+    if module_name not in sys.modules and missing(name):
+        raise FileNotFoundError(missing(name))
+    return import_folder(module_name, pack_dir(name))
 
 
 def load_or_skip(name: str) -> ModuleType:

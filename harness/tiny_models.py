@@ -55,6 +55,13 @@ def tiny_sd15_state_dict(seed: int = 0, std: float = 0.02) -> dict[str, torch.Te
     return seeded_state_dict(net, seed, std)
 
 
+def _lora_layers(state_dict: dict[str, torch.Tensor], match: str):
+    """(ComfyUI's LoRA key base, weight) of every 2-D weight whose key contains `match`, in key order."""
+    for key, value in sorted(state_dict.items()):
+        if match in key and key.endswith(".weight") and value.ndim == 2:
+            yield "diffusion_model." + key[: -len(".weight")], value
+
+
 def lora_for(
     state_dict: dict[str, torch.Tensor], seed: int, rank: int = 4, scale: float = 0.5, match: str = "attn"
 ) -> dict[str, torch.Tensor]:
@@ -64,10 +71,7 @@ def lora_for(
     """
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for key, value in sorted(state_dict.items()):
-        if match not in key or not key.endswith(".weight") or value.ndim != 2:
-            continue
-        base = "diffusion_model." + key[: -len(".weight")]
+    for base, value in _lora_layers(state_dict, match):
         n_out, n_in = value.shape
         out[base + ".lora_up.weight"] = torch.randn(n_out, rank, generator=gen) * scale * value.float().std()
         out[base + ".lora_down.weight"] = torch.randn(rank, n_in, generator=gen)
@@ -86,10 +90,7 @@ def adapter_for(state_dict: dict[str, torch.Tensor], seed: int, kind: str, rank:
         return lora_for(state_dict, seed, rank, scale, match)
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for key, value in sorted(state_dict.items()):
-        if match not in key or not key.endswith(".weight") or value.ndim != 2:
-            continue
-        base = "diffusion_model." + key[: -len(".weight")]
+    for base, value in _lora_layers(state_dict, match):
         n_out, n_in = value.shape
         std = float(value.float().std())
         if kind == "loha":
