@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 
 import comfy.model_detection
@@ -48,11 +49,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def unload_models() -> None:
+    """ComfyUI's unload_all_models, after a garbage collection. A model that the collector frees while free_memory walks
+    ComfyUI's loaded list runs ComfyUI's own cleanup, which shortens that list under the walk (IndexError in
+    free_memory, at whichever allocation the collector happens to run): collected first, nothing is left to free."""
+    gc.collect()
+    comfy.model_management.unload_all_models()
+
+
 @pytest.fixture(autouse=True)
 def free_models():
     """Each test's models leave ComfyUI's loaded list after it."""
     yield
-    comfy.model_management.unload_all_models()
+    unload_models()
 
 FAMILIES = ("flux", "qwen_image", "wan21", "wan22", "wan22_5b", "sdxl")
 NEXT_FAMILIES = ("z_image", "flux2", "flux2_klein", "hunyuan_video15", "ltxv", "ltxav")

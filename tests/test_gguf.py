@@ -22,6 +22,7 @@ from harness import gguf_files as gf
 from harness import sampling as h
 from harness import thirdparty
 from harness import tiny_models as tm
+from harness.tiny_families import free_models  # noqa: F401 (autouse fixture)
 
 FORMATS = gf.FORMATS
 ADAPTERS = ("lora", "loha", "lokr")
@@ -35,14 +36,6 @@ def gguf_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gguf")
     gf.register_folder(folder)
     return folder
-
-
-@pytest.fixture(autouse=True)
-def free_models():
-    yield
-    import comfy.model_management
-
-    comfy.model_management.unload_all_models()
 
 
 def gguf_file(folder, fmt: str, seed: int = BASE_SEED):
