@@ -4,7 +4,8 @@ Every front-end of the matrix (1.32.9, 1.35.9, 1.49.6, 1.58.1) has the panel. It
 page from /extensions/<pack>/docs/<node id>/<locale>.md, then /extensions/<pack>/docs/<node id>.md, and falls back
 to the node's description and tooltips when neither is there. A selected node's toolbox has an (i) button
 (data-testid="info-button"): 1.32.9 opens the page in the node library's side panel, 1.35.9 and newer in the
-right-hand panel's Info tab; both render it into .node-help-content. Here each node of the pack is added to an
+right-hand panel's Info tab; 1.49.6's toolbox has no (i), and its properties panel (the button at the top right)
+has the same Info tab. All render the page into .node-help-content. Here each node of the pack is added to an
 empty graph, selected, its (i) clicked, and the page's own title, first paragraph and inputs must appear there.
 A deprecated node (hidden from the node library, harness.pack.listed_nodes) has no page.
 """
@@ -30,6 +31,12 @@ ADD_AND_SELECT = """(nodeId) => {
   app.canvas.selectNode(node);
   app.canvas.setDirty(true, true);
 }"""
+RESELECT = """() => {
+  const node = (app.graph.nodes ?? app.graph._nodes)[0];
+  app.canvas.deselectAll();
+  app.canvas.selectNode(node);
+  app.canvas.setDirty(true, true);
+}"""
 SHOWN = "() => (document.querySelector('.node-help-content')?.innerText ?? '')"
 
 
@@ -46,6 +53,29 @@ def _expected(node_id: str) -> tuple[str, str, list[str]]:
     first = _plain(text.split("\n\n")[1].splitlines()[0])
     inputs = re.findall(r"^\| `([^`]+)` \|", text.split("## Inputs", 1)[1], flags=re.M)
     return title, first, inputs
+
+
+def _open_help(page) -> None:
+    """The (i) button of the selected node's toolbox; where the toolbox has none (1.49.6 shows only its "more
+    options" there), the properties panel's Info tab, that front-end's way to the same page."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    button = page.locator('[data-testid="info-button"]').first
+    toolbox = page.locator('[data-testid="info-button"], [data-testid="more-options-button"]').first
+    toolbox.wait_for(state="visible", timeout=20_000)
+    page.wait_for_timeout(1_000)  # the rest of the toolbox, drawn with it
+    if not button.is_visible():
+        page.locator('button[aria-label="Toggle properties panel"]').click()
+        info = page.get_by_role("tab", name="Info", exact=True)
+        for _ in range(6):  # the panel opens on the canvas-wide tabs until it has seen the selection
+            try:
+                info.wait_for(state="visible", timeout=5_000)
+                break
+            except PlaywrightTimeout:
+                page.evaluate(RESELECT)
+        info.click(timeout=10_000)
+        return
+    button.click()
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +101,7 @@ def test_help_page_opens_from_its_node(workflow_server, chromium, node_id):
         fetched = []
         page.on("request", lambda request: fetched.append(request.url))
         page.evaluate(ADD_AND_SELECT, node_id)
-        button = page.locator('[data-testid="info-button"]').first
-        button.wait_for(state="visible", timeout=20_000)
-        button.click()
+        _open_help(page)
         title, first, inputs = _expected(node_id)
         page.wait_for_function(f"() => ({SHOWN})().includes({title!r})", timeout=30_000)
         page.wait_for_timeout(300)
